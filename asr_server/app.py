@@ -1,0 +1,94 @@
+"""Lifecycle: start the worker (which loads the model), serve, watch the worker, drain on SIGTERM.
+
+The port opens before the model is loaded so that ``/health`` can say 503
+while it loads. SIGTERM or SIGINT: ``/health`` turns 503, the listener
+closes, in-flight requests get ``SHUTDOWN_GRACE_S`` to finish, then the
+remaining connections are closed with 1001 and the process exits 0. A dead
+worker thread exits the process non-zero, so systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from asr_server.config import Config
+from asr_server.engine import Engine, EngineSettings
+from asr_server.scheduler import Scheduler
+from asr_server.server import AsrServer
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_LOAD_FAILED = 1
+EXIT_WORKER_DIED = 70  # EX_SOFTWARE
+
+
+def engine_settings(config: Config) -> EngineSettings:
+    return EngineSettings(
+        model_path=config.model_path,
+        device=config.device,
+        threads=config.torch_threads,
+        beam_size=config.beam_size,
+        vad=config.vad,
+    )
+
+
+def load_engine(settings: EngineSettings) -> Engine:
+    engine = Engine(settings)
+    engine.warm_up()
+    return engine
+
+
+async def run(config: Config) -> int:
+    settings = engine_settings(config)
+    scheduler = Scheduler(lambda: load_engine(settings), config.max_queue)
+    server = AsrServer(config, scheduler)
+    scheduler.start()
+    ws_server = await server.listen()
+    port = ws_server.sockets[0].getsockname()[1]
+    log.info("listening on ws://%s:%d/ws/transcribe (model loading)", config.host, port)
+    if not config.api_keys:
+        log.warning("no SERVER_API_KEY: anyone who can reach this port may use it")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    ready = asyncio.ensure_future(scheduler.wait_ready())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.done() and ready.exception() is not None:
+        log.error("model failed to load: %s", ready.exception())
+        ws_server.close()
+        await ws_server.wait_closed()
+        return EXIT_LOAD_FAILED
+    if ready.done():
+        log.info("ready: http://%s:%d/health", config.host, port)
+
+    code = EXIT_OK
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        except TimeoutError:
+            if scheduler.ready and not scheduler.alive:
+                log.error("the inference worker thread died; exiting so the service is restarted")
+                code = EXIT_WORKER_DIED
+                break
+
+    server.draining = True
+    log.info("draining: %d connections, grace %.0f s", len(ws_server.connections),
+             config.shutdown_grace_s)
+    ws_server.close(close_connections=False)
+    try:
+        await asyncio.wait_for(ws_server.wait_closed(), config.shutdown_grace_s)
+    except TimeoutError:
+        ws_server.close(close_connections=True)
+        await ws_server.wait_closed()
+    if not ready.done():
+        ready.cancel()
+    scheduler.stop()
+    log.info("stopped")
+    return code

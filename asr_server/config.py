@@ -1,0 +1,168 @@
+"""The server's settings: one frozen Config, read once from the environment and passed down.
+
+Every variable has a default and a line in the README. ``Config.from_env``
+collects every mistake at once and raises ``ConfigError`` with one line per
+mistake, so a bad ``EnvironmentFile`` is fixed in one go.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from asr_server.weights import MODELS_DIR
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_DEVICES = ("auto", "cpu", "cuda")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# A 16-bit mono WAV at 48 kHz (a common desktop capture rate) for the longest
+# audio allowed, plus room for headers: what MAX_AUDIO_BYTES defaults to.
+_DEFAULT_BYTES_PER_SECOND = 48_000 * 2
+_HEADER_ALLOWANCE = 64 * 1024
+
+
+class ConfigError(ValueError):
+    """One or more settings are wrong; ``problems`` has one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings, with units in the names."""
+
+    host: str = "0.0.0.0"
+    port: int = 8765
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # never printed
+    allow_no_auth: bool = False
+    model: str = "base"
+    device: str = "auto"
+    beam_size: int = 5
+    threads: int = 0  # 0: one per core
+    vad: bool = True
+    max_queue: int = 32
+    max_audio_seconds: float = 1800.0
+    max_audio_bytes: int = 0  # 0: derived from max_audio_seconds
+    metadata_timeout_s: float = 10.0
+    audio_timeout_s: float = 30.0
+    shutdown_grace_s: float = 30.0
+    log_level: str = "INFO"
+
+    @property
+    def effective_max_audio_bytes(self) -> int:
+        if self.max_audio_bytes:
+            return self.max_audio_bytes
+        return int(self.max_audio_seconds * _DEFAULT_BYTES_PER_SECOND) + _HEADER_ALLOWANCE
+
+    @property
+    def model_path(self) -> Path:
+        """``ASR_MODEL`` is a checkpoint path, or a name under ``models/``."""
+        if os.sep in self.model or self.model.endswith(".pt"):
+            return Path(self.model)
+        return MODELS_DIR / f"{self.model}.pt"
+
+    @property
+    def torch_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        reader = _Reader(env)
+        defaults = cls()
+        keys = tuple(k.strip() for k in env.get("SERVER_API_KEY", "").split(",") if k.strip())
+        config = cls(
+            host=reader.get("HOST", str, defaults.host, lambda v: bool(v.strip()), "must not be empty"),
+            port=reader.get("PORT", int, defaults.port, lambda v: 0 <= v <= 65535, "must be 0..65535"),
+            api_keys=keys,
+            allow_no_auth=reader.boolean("ALLOW_NO_AUTH", defaults.allow_no_auth),
+            model=reader.get("ASR_MODEL", str, defaults.model, lambda v: bool(v), "must not be empty"),
+            device=reader.get("ASR_DEVICE", str, defaults.device, _valid_device,
+                              "must be auto, cpu, cuda or cuda:N"),
+            beam_size=reader.get("ASR_BEAM_SIZE", int, defaults.beam_size, lambda v: 1 <= v <= 16,
+                                 "must be 1 (greedy) .. 16"),
+            threads=reader.get("ASR_THREADS", int, defaults.threads, lambda v: 0 <= v <= 1024,
+                               "must be 0 (one per core) .. 1024"),
+            vad=reader.boolean("ASR_VAD", defaults.vad),
+            max_queue=reader.get("ASR_MAX_QUEUE", int, defaults.max_queue, lambda v: v >= 1,
+                                 "must be at least 1"),
+            max_audio_seconds=reader.get("MAX_AUDIO_SECONDS", float, defaults.max_audio_seconds,
+                                         lambda v: 0 < v <= 86_400, "must be in (0, 86400]"),
+            max_audio_bytes=reader.get("MAX_AUDIO_BYTES", int, defaults.max_audio_bytes,
+                                       lambda v: v == 0 or v >= 1024, "must be 0 (derived) or >= 1024"),
+            metadata_timeout_s=reader.get("METADATA_TIMEOUT_S", float, defaults.metadata_timeout_s,
+                                          lambda v: 0 < v <= 3600, "must be in (0, 3600]"),
+            audio_timeout_s=reader.get("AUDIO_TIMEOUT_S", float, defaults.audio_timeout_s,
+                                       lambda v: 0 < v <= 3600, "must be in (0, 3600]"),
+            shutdown_grace_s=reader.get("SHUTDOWN_GRACE_S", float, defaults.shutdown_grace_s,
+                                        lambda v: 0 <= v <= 3600, "must be in [0, 3600]"),
+            log_level=reader.get("LOG_LEVEL", str.upper, defaults.log_level,
+                                 lambda v: v in _LOG_LEVELS, f"must be one of {', '.join(_LOG_LEVELS)}"),
+        )
+        if not config.api_keys and not config.allow_no_auth and not is_loopback(config.host):
+            reader.problems.append(
+                f"HOST={config.host} is reachable from other machines but SERVER_API_KEY is not set: "
+                "set a key, or ALLOW_NO_AUTH=1 if an open server is meant"
+            )
+        if reader.problems:
+            raise ConfigError(reader.problems)
+        return config
+
+
+class _Reader:
+    """Parses variables, collecting a problem line per bad value instead of stopping."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def get(self, name: str, parse: Callable[[str], T], default: T,
+            valid: Callable[[T], bool], rule: str) -> T:
+        raw = self.env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = parse(raw.strip())
+        except ValueError:
+            self.problems.append(f"{name}={raw!r}: not a valid {getattr(parse, '__name__', 'value')}")
+            return default
+        if not valid(value):
+            self.problems.append(f"{name}={raw!r}: {rule}")
+            return default
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name)
+        if raw is None or raw == "":
+            return default
+        if raw.strip().lower() in _TRUE:
+            return True
+        if raw.strip().lower() in _FALSE:
+            return False
+        self.problems.append(f"{name}={raw!r}: must be true or false (also 1/0, yes/no, on/off)")
+        return default
+
+
+def _valid_device(value: str) -> bool:
+    if value in _DEVICES:
+        return True
+    prefix, _, index = value.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

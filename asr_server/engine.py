@@ -1,0 +1,165 @@
+"""All torch code: load the Whisper checkpoint on its device and turn 16 kHz samples into a Transcription.
+
+openai-whisper does the decoding (``whisper.transcribe``: 30 s windows,
+temperature fallback, no-speech handling, timestamps). This module adds what
+a server needs around it: an explicit device and dtype, language detection
+restricted to the supported languages, and the VAD gate. Not thread-safe:
+only the scheduler's worker thread calls ``transcribe``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import whisper
+from whisper.decoding import detect_language
+from whisper.model import ModelDimensions, Whisper
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE, Tokenizer, get_tokenizer
+
+from asr_server.protocol import SUPPORTED_LANGUAGES, Segment, Transcription
+from asr_server.vad import SpeechDetector, overlaps_speech
+
+log = logging.getLogger(__name__)
+
+# whisper's CLI defaults: beam search, then sampling at rising temperatures
+# when a window fails the compression-ratio or log-probability checks.
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+BEST_OF = 5
+
+
+class ModelNotFound(FileNotFoundError):
+    """The configured checkpoint does not exist."""
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    language: str | None  # None: detect among SUPPORTED_LANGUAGES
+    task: str  # "transcribe" | "translate"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model_path: Path
+    device: str  # auto | cpu | cuda | cuda:N
+    threads: int
+    beam_size: int  # 1: greedy
+    vad: bool = True
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"ASR_DEVICE={setting} but torch sees no CUDA device")
+    return device
+
+
+class SupportedLanguagesWhisper(Whisper):
+    """Whisper whose language detection only chooses among SUPPORTED_LANGUAGES.
+
+    Without this, Bulgarian is often detected as Macedonian and Ukrainian as
+    Russian's neighbours outside the list, which the server could not honour.
+    """
+
+    _language_tokenizer: Tokenizer | None = None
+
+    def detect_language(  # type: ignore[override]
+        self, mel: torch.Tensor, tokenizer: Tokenizer | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        return detect_language(self, mel, self.language_tokenizer())
+
+    def language_tokenizer(self) -> Tokenizer:
+        if self._language_tokenizer is None:
+            base = get_tokenizer(True, num_languages=self.num_languages, language="en")
+            restricted = dataclasses.replace(base)  # a copy: get_tokenizer's result is shared
+            codes = tuple(c for c in LANGUAGES if c in SUPPORTED_LANGUAGES)
+            restricted.__dict__["all_language_codes"] = codes
+            restricted.__dict__["all_language_tokens"] = tuple(
+                restricted.to_language_token(c) for c in codes
+            )
+            self._language_tokenizer = restricted
+        return self._language_tokenizer
+
+
+def load_model(path: Path, device: torch.device) -> SupportedLanguagesWhisper:
+    """Load a checkpoint written by ``weights.py`` (or whisper's own format) onto ``device``."""
+    if not path.is_file():
+        raise ModelNotFound(str(path))
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = SupportedLanguagesWhisper(ModelDimensions(**checkpoint["dims"]))
+    model.load_state_dict(checkpoint["model_state_dict"])
+    if checkpoint.get("alignment_heads") is not None:
+        model.set_alignment_heads(checkpoint["alignment_heads"])
+    # fp32 weights on every device; on CUDA whisper runs fp16 activations and
+    # casts the weights per op, as openai-whisper itself does.
+    return model.to(device).eval()
+
+
+class Engine:
+    """One Whisper model and one VAD, owned by the worker thread."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        torch.set_num_threads(settings.threads)
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.fp16 = self.device.type == "cuda"
+        started = time.monotonic()
+        self.model = load_model(settings.model_path, self.device)
+        self.vad = SpeechDetector() if settings.vad else None
+        torch.set_num_threads(settings.threads)
+        self.load_seconds = time.monotonic() - started
+        log.info("model %s loaded on %s (%s) in %.1f s", settings.model_path.name, self.device,
+                 "float16" if self.fp16 else "float32", self.load_seconds)
+
+    @property
+    def dtype_name(self) -> str:
+        return "float16" if self.fp16 else "float32"
+
+    def warm_up(self) -> None:
+        """One short pass so the first request does not pay for lazy initialisation."""
+        self.transcribe(np.zeros(16_000, dtype=np.float32), TranscribeOptions("en", "transcribe"),
+                        gate=False)
+
+    def transcribe(self, samples: np.ndarray, options: TranscribeOptions, gate: bool = True) -> Transcription:
+        duration = len(samples) / whisper.audio.SAMPLE_RATE
+        regions = self.vad.speech_regions(samples) if (self.vad and gate) else None
+        if regions is not None and not regions:
+            return Transcription(text="", segments=(), language=options.language or "")
+        beam = self.settings.beam_size
+        with torch.inference_mode():
+            result = whisper.transcribe(
+                self.model,
+                torch.from_numpy(samples).to(self.device),
+                verbose=None,
+                temperature=TEMPERATURES,
+                language=options.language,
+                task=options.task,
+                beam_size=beam if beam > 1 else None,
+                best_of=BEST_OF,
+                fp16=self.fp16,
+                condition_on_previous_text=True,
+            )
+        segments = []
+        for seg in result["segments"]:
+            text = seg["text"].strip()
+            start, end = float(seg["start"]), min(float(seg["end"]), duration)
+            if not text or (regions is not None and not overlaps_speech(start, end, regions)):
+                continue
+            segments.append(Segment(text=text, start=round(start, 3), end=round(max(start, end), 3)))
+        language = str(result["language"])
+        language = TO_LANGUAGE_CODE.get(language, language)
+        return Transcription(
+            text=" ".join(s.text for s in segments),  # every supported language spaces its words
+            segments=tuple(segments),
+            language=language,
+        )
+

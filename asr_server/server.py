@@ -1,0 +1,187 @@
+"""The conductor: one WebSocket exchange per connection, and ``GET /health`` on the same port.
+
+metadata frame -> key check -> audio frame -> WAV decode (off the loop) ->
+scheduler -> result frame -> close 1000. This is the only layer that knows
+of sockets: errors raised below become an error frame and a close code here,
+and the one log line per request is written here, whatever the outcome.
+Transcripts, audio and keys never reach the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from asr_server import protocol
+from asr_server.audio import decode_wav
+from asr_server.config import Config
+from asr_server.engine import TranscribeOptions
+from asr_server.errors import (
+    CLOSE_NORMAL,
+    AsrError,
+    BadRequest,
+    InternalError,
+    RequestTimeout,
+    Unauthorized,
+)
+from asr_server.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+WS_PATH = "/ws/transcribe"
+HEALTH_PATH = "/health"
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its result was ready."""
+
+
+@dataclass
+class RequestRecord:
+    """What the request log line says; filled in as the exchange goes."""
+
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    started: float = field(default_factory=time.monotonic)
+    kind: str = "transcribe"
+    machine_id: str = "-"
+    task: str = "-"
+    language: str = "-"
+    audio_s: float = 0.0
+    status: str = "ok"
+
+
+class AsrServer:
+    """Serves ``/ws/transcribe`` and ``/health`` for one scheduler."""
+
+    def __init__(self, config: Config, scheduler: Scheduler) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.keys = protocol.KeyRing(config.api_keys)
+        self.draining = False
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        if self.draining:
+            return 503, {"status": "draining"}
+        if self.scheduler.load_error is not None:
+            return 503, {"status": "error", "detail": "the model failed to load"}
+        if not self.scheduler.ready:
+            return 503, {"status": "loading"}
+        if not self.scheduler.alive:
+            return 503, {"status": "error", "detail": "the inference worker is not running"}
+        return 200, {"status": "ok", "postprocess_enabled": False}
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == WS_PATH:
+            return None
+        if path == HEALTH_PATH:
+            status, body = self.health()
+            response = connection.respond(status, json.dumps(body) + "\n")
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = "application/json"
+            return response
+        return connection.respond(404, "not found\n")
+
+    def listen(self) -> Any:
+        """The websockets server, not yet awaited (``await`` it to start listening)."""
+        return serve(
+            self.handle,
+            self.config.host,
+            self.config.port,
+            process_request=self.process_request,
+            compression=None,  # WAV does not compress, and deflate invites decompression bombs
+            max_size=self.config.effective_max_audio_bytes,
+            max_queue=2,  # two frames make a request; more only buffers memory
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=5,
+            server_header=None,
+        )
+
+    async def handle(self, ws: ServerConnection) -> None:
+        record = RequestRecord()
+        try:
+            await self._exchange(ws, record)
+        except AsrError as err:
+            record.status = err.code
+            await _fail(ws, err)
+        except (ConnectionClosed, ClientGone):
+            record.status = "client_gone"
+        except Exception:
+            log.exception("request %s failed", record.request_id)
+            record.status = "internal_error"
+            await _fail(ws, InternalError("unexpected server error"))
+        finally:
+            if record.kind != "ping":
+                log.info(
+                    "request id=%s machine_id=%s task=%s language=%s audio_s=%.2f "
+                    "processing_ms=%d status=%s",
+                    record.request_id, record.machine_id, record.task, record.language,
+                    record.audio_s, (time.monotonic() - record.started) * 1000, record.status,
+                )
+
+    async def _exchange(self, ws: ServerConnection, record: RequestRecord) -> None:
+        frame = await _receive(ws, self.config.metadata_timeout_s, "no metadata frame")
+        obj = protocol.parse_metadata(frame)
+        if protocol.is_ping(obj):
+            record.kind = "ping"
+            await ws.send(protocol.pong_frame())
+            await ws.close(CLOSE_NORMAL)
+            return
+        if not self.keys.allows(obj):
+            raise Unauthorized("missing or wrong api_key")
+        request = protocol.parse_transcribe(obj)
+        record.machine_id = request.machine_id[:64]
+        record.task, record.language = request.task, request.language or "detect"
+        data = await _receive(ws, self.config.audio_timeout_s, "no audio frame")
+        if isinstance(data, str):
+            raise BadRequest("the second frame must be a binary frame holding a WAV file")
+        audio = await asyncio.to_thread(decode_wav, data, self.config.max_audio_seconds)
+        del data
+        record.audio_s = audio.duration_s
+        options = TranscribeOptions(language=request.language, task=request.task)
+        transcription = await self._transcribe(ws, audio.samples, options)
+        record.language = transcription.language or record.language
+        await ws.send(protocol.result_frame(transcription, protocol.PostprocessOutcome()))
+        await ws.close(CLOSE_NORMAL)
+
+    async def _transcribe(self, ws: ServerConnection, samples: Any, options: TranscribeOptions
+                          ) -> protocol.Transcription:
+        """Run on the scheduler, but give up (and free the queue slot) if the client leaves."""
+        work = asyncio.ensure_future(self.scheduler.submit(samples, options))
+        closed = asyncio.ensure_future(ws.wait_closed())
+        try:
+            await asyncio.wait({work, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+        if not work.done():
+            work.cancel()
+            raise ClientGone()
+        return work.result()
+
+
+async def _receive(ws: ServerConnection, timeout_s: float, what: str) -> str | bytes:
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await ws.recv()
+    except TimeoutError:
+        raise RequestTimeout(f"{what} within {timeout_s:g} s") from None
+
+
+async def _fail(ws: ServerConnection, err: AsrError) -> None:
+    """Send the error frame and close with the error's code; the client may already be gone."""
+    try:
+        await ws.send(protocol.error_frame(err))
+        await ws.close(err.close_code, err.code)
+    except ConnectionClosed:
+        pass
+
