@@ -1,0 +1,184 @@
+"""Driving the real server from tests and scripts: start it as a subprocess, talk to it, score it.
+
+Not used by the server itself. ``ServerProcess`` starts ``python -m
+asr_server`` on 127.0.0.1 with a free port and keeps every log line it
+writes (tests search them); ``transcribe`` is a plain protocol client;
+``load_manifest`` and ``wer`` read ``../shared/eval`` and score with
+Whisper's own text normalisers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+from websockets.sync.client import connect
+
+REPO = Path(__file__).resolve().parent.parent
+EVAL_DIR = Path(os.environ.get("ASR_EVAL_DIR", REPO.parent / "shared" / "eval"))
+_LISTENING = re.compile(r"listening on ws://[^:]+:(\d+)/")
+
+
+@dataclass
+class ServerProcess:
+    """The real server in a subprocess; a context manager that waits for /health to say ok."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    startup_timeout_s: float = 120.0
+    wait_ready: bool = True
+    lines: list[str] = field(default_factory=list)
+    port: int = 0
+    proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> ServerProcess:
+        env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", "OMP_WAIT_POLICY": "PASSIVE",
+               "PYTHONUNBUFFERED": "1", **self.env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "asr_server"], cwd=REPO, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        threading.Thread(target=self._drain, daemon=True).start()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not self.port:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("server did not start:\n" + "\n".join(self.lines[-30:]))
+            time.sleep(0.05)
+        while self.wait_ready and self.health()[0] != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("server never became healthy:\n" + "\n".join(self.lines[-30:]))
+            time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if not self.port and (match := _LISTENING.search(line)):
+                self.port = int(match[1])
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/transcribe"
+
+    def http_get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        try:
+            status, body = self.http_get("/health")
+        except (urllib.error.URLError, ConnectionError):
+            return 0, {}
+        return status, json.loads(body)
+
+
+def wav_bytes(samples: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def transcribe(url: str, wav: bytes, *, timeout_s: float = 600.0, **metadata: Any) -> dict[str, Any]:
+    """One request as the spec's Python client makes it; returns the decoded result or error frame."""
+    with connect(url, open_timeout=30, close_timeout=10, max_size=None) as ws:
+        ws.send(json.dumps({"type": "transcribe", **metadata}))
+        ws.send(wav)
+        reply: dict[str, Any] = json.loads(ws.recv(timeout=timeout_s))
+        return reply
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    lang: str
+    text: str
+    duration: float
+    kind: str
+    row: Mapping[str, Any]
+
+
+def load_manifest(name: str = "manifest.jsonl", for_wer: bool = True) -> list[Clip]:
+    """The eval clips; ``for_wer`` leaves out those the eval README says not to score."""
+    clips = []
+    for line in (EVAL_DIR / name).read_text().splitlines():
+        row = json.loads(line)
+        if for_wer and ("not for WER" in row.get("note", "") or "lucier" in row["path"]
+                        or row.get("synthetic")):
+            continue
+        clips.append(Clip(EVAL_DIR / row["path"], row["lang"], row["text"], row["duration"],
+                          row["kind"], row))
+    return clips
+
+
+def normalise(text: str, lang: str) -> str:
+    from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+
+    normaliser = EnglishTextNormalizer() if lang == "en" else BasicTextNormalizer()
+    return " ".join(normaliser(text).split())
+
+
+def wer(references: Iterable[str], hypotheses: Iterable[str], lang: str) -> float:
+    """Corpus word error rate, in percent, after Whisper's normalisation."""
+    import jiwer
+
+    refs = [normalise(r, lang) for r in references]
+    hyps = [normalise(h, lang) for h in hypotheses]
+    pairs = [(r, h) for r, h in zip(refs, hyps, strict=True) if r]
+    return 100.0 * float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
+
+
+def load_reference_model(path: Path) -> Any:
+    """Plain openai-whisper on the same converted checkpoint, on the CPU: the reference."""
+    import torch
+    import whisper
+    from whisper.model import ModelDimensions
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = whisper.model.Whisper(ModelDimensions(**checkpoint["dims"]))
+    model.load_state_dict(checkpoint["model_state_dict"])
+    return model.eval()
+
+
+def reference_transcribe(model: Any, samples: np.ndarray, language: str | None, beam_size: int) -> str:
+    """openai-whisper's own ``transcribe()`` with the server's decoding settings."""
+    import whisper
+
+    from asr_server.engine import BEST_OF, TEMPERATURES
+
+    result = whisper.transcribe(
+        model, samples, verbose=None, temperature=TEMPERATURES, language=language,
+        beam_size=beam_size if beam_size > 1 else None, best_of=BEST_OF, fp16=False,
+        condition_on_previous_text=True,
+    )
+    return str(result["text"]).strip()

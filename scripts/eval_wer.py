@@ -1,0 +1,95 @@
+"""WER per language through the real server vs openai-whisper's own transcribe(), same weights and settings.
+
+Every real clip of ../shared/eval (not those its README marks as not for WER),
+in beam 5 and greedy. Writes docs/accuracy.md. Run: .venv/bin/python scripts/eval_wer.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from asr_server.audio import decode_wav  # noqa: E402
+from asr_server.config import Config  # noqa: E402
+from asr_server.testing import (  # noqa: E402
+    REPO, ServerProcess, load_manifest, load_reference_model, reference_transcribe, transcribe, wer,
+)
+
+
+def run_server(clips: list, beam: int) -> tuple[list[str], float]:
+    texts, started = [], time.monotonic()
+    with ServerProcess(env={"ASR_BEAM_SIZE": str(beam)}) as server:
+        for clip in clips:
+            reply = transcribe(server.url, clip.path.read_bytes(), language=clip.lang)
+            texts.append(reply["text"])
+    return texts, time.monotonic() - started
+
+
+def run_reference(clips: list, beam: int) -> tuple[list[str], float]:
+    model = load_reference_model(Config().model_path)
+    texts, started = [], time.monotonic()
+    for clip in clips:
+        samples = decode_wav(clip.path.read_bytes(), 1e9).samples
+        texts.append(reference_transcribe(model, samples, clip.lang, beam))
+    return texts, time.monotonic() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--beams", type=int, nargs="+", default=[5, 1])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "accuracy.md")
+    args = parser.parse_args()
+    clips = load_manifest()
+    by_lang: dict[str, list[int]] = defaultdict(list)
+    for i, clip in enumerate(clips):
+        by_lang[clip.lang].append(i)
+    rows, timings = [], []
+    for beam in args.beams:
+        server_texts, server_s = run_server(clips, beam)
+        ref_texts, ref_s = run_reference(clips, beam)
+        timings.append((beam, server_s, ref_s))
+        for lang, idx in sorted(by_lang.items()):
+            refs = [clips[i].text for i in idx]
+            s = wer(refs, [server_texts[i] for i in idx], lang)
+            r = wer(refs, [ref_texts[i] for i in idx], lang)
+            rows.append((beam, lang, len(idx), s, r))
+            print(f"beam={beam} {lang}: server {s:.2f} reference {r:.2f}", flush=True)
+    audio_min = sum(c.duration for c in clips) / 60
+    lines = [
+        "# Accuracy: the server vs openai-whisper's own transcribe()",
+        "",
+        f"Measured {datetime.date.today()} on {platform.machine()} ({platform.processor() or 'cpu'}), "
+        f"model `base` converted by `make model`, {len(clips)} real clips ({audio_min:.1f} min) "
+        "from `../shared/eval/` (all but the clip its README marks as not for WER).",
+        "",
+        "Command: `.venv/bin/python scripts/eval_wer.py`",
+        "",
+        "WER in percent after Whisper's normalisers (English: `EnglishTextNormalizer`, others: "
+        "`BasicTextNormalizer`), corpus-level per language. Both sides get the language code, "
+        "the same 16 kHz samples, temperature fallback (0.0 to 1.0 by 0.2) and best_of 5; "
+        "the server adds its VAD gate.",
+        "",
+        "| decoding | language | clips | server WER | transcribe() WER | server − reference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for beam, lang, n, s, r in rows:
+        name = "beam 5" if beam == 5 else ("greedy" if beam == 1 else f"beam {beam}")
+        lines.append(f"| {name} | {lang} | {n} | {s:.2f} | {r:.2f} | {s - r:+.2f} |")
+    lines += ["", "Wall time for all clips (2 CPU threads):", ""]
+    for beam, server_s, ref_s in timings:
+        lines.append(f"- beam {beam}: server {server_s:.0f} s (including start-up), "
+                     f"in-process reference {ref_s:.0f} s")
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

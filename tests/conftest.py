@@ -1,0 +1,75 @@
+"""Shared fixtures: the real server as a subprocess on 127.0.0.1, started once per configuration."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from asr_server.testing import ServerProcess
+
+KEYS = ("test-key-old-7f3a", "test-key-new-91c2")
+KEY = KEYS[1]
+# The strict server's limits, small so each error is cheap to reach.
+STRICT_MAX_SECONDS = 20
+STRICT_MAX_BYTES = 2_000_000
+STRICT_TIMEOUT_S = 1
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    """Greedy decoding (fast), two keys, DEBUG logging so the privacy test sees everything."""
+    env = {"ASR_BEAM_SIZE": "1", "SERVER_API_KEY": ",".join(KEYS), "LOG_LEVEL": "DEBUG"}
+    with ServerProcess(env=env) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def strict_server() -> Iterator[ServerProcess]:
+    """Tight limits and a queue of one, to reach every limit and overload."""
+    env = {"ASR_BEAM_SIZE": "1", "SERVER_API_KEY": KEY, "MAX_AUDIO_SECONDS": str(STRICT_MAX_SECONDS),
+           "MAX_AUDIO_BYTES": str(STRICT_MAX_BYTES), "METADATA_TIMEOUT_S": str(STRICT_TIMEOUT_S),
+           "AUDIO_TIMEOUT_S": str(STRICT_TIMEOUT_S), "ASR_MAX_QUEUE": "1"}
+    with ServerProcess(env=env) as process:
+        yield process
+
+
+@dataclass
+class Exchange:
+    """Every frame the server sent, and how it closed."""
+
+    replies: list[dict[str, Any]] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str = ""
+
+    @property
+    def reply(self) -> dict[str, Any]:
+        assert len(self.replies) == 1, self.replies
+        return self.replies[0]
+
+
+def exchange(url: str, *frames: str | bytes | dict[str, Any], timeout_s: float = 300) -> Exchange:
+    """Send the frames back to back, then read until the server closes."""
+    result = Exchange()
+    with connect(url, open_timeout=30, max_size=None) as ws:
+        try:
+            for frame in frames:
+                ws.send(json.dumps(frame) if isinstance(frame, dict) else frame)
+        except ConnectionClosed:
+            pass
+        try:
+            while True:
+                result.replies.append(json.loads(ws.recv(timeout=timeout_s)))
+        except ConnectionClosed as closed:
+            if closed.rcvd is not None:
+                result.close_code, result.close_reason = closed.rcvd.code, closed.rcvd.reason
+    return result
+
+
+def request(language: str | None = "en", **fields: Any) -> dict[str, Any]:
+    return {"type": "transcribe", "language": language, "api_key": KEY, "machine_id": "ab12cd", **fields}

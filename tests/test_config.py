@@ -1,0 +1,60 @@
+"""Config from the environment: defaults, parsing, and one line per mistake."""
+
+from __future__ import annotations
+
+import pytest
+
+from asr_server.config import Config, ConfigError, is_loopback
+
+
+def test_defaults() -> None:
+    config = Config.from_env({"SERVER_API_KEY": "k"})
+    assert (config.host, config.port, config.beam_size, config.device) == ("0.0.0.0", 8765, 5, "auto")
+    assert config.max_audio_seconds == 1800 and config.metadata_timeout_s == 10
+    assert config.audio_timeout_s == 30
+    # 30 minutes of 48 kHz 16-bit mono, plus header room.
+    assert config.effective_max_audio_bytes == 1800 * 48_000 * 2 + 64 * 1024
+
+
+def test_keys_are_a_comma_separated_list_and_never_printed() -> None:
+    config = Config.from_env({"SERVER_API_KEY": " key-alpha-7 , key-beta-9,,", "HOST": "127.0.0.1"})
+    assert config.api_keys == ("key-alpha-7", "key-beta-9")
+    assert "key-alpha" not in repr(config) and "key-beta" not in repr(config)
+
+
+def test_every_mistake_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({"PORT": "eighty", "ASR_BEAM_SIZE": "0", "ASR_DEVICE": "tpu",
+                         "ALLOW_NO_AUTH": "maybe", "MAX_AUDIO_SECONDS": "-1", "LOG_LEVEL": "LOUD"})
+    problems = info.value.problems
+    for name in ("PORT", "ASR_BEAM_SIZE", "ASR_DEVICE", "ALLOW_NO_AUTH", "MAX_AUDIO_SECONDS", "LOG_LEVEL"):
+        assert sum(p.startswith(f"{name}=") for p in problems) == 1, problems
+
+
+def test_open_host_without_key_is_refused_unless_meant() -> None:
+    with pytest.raises(ConfigError, match="SERVER_API_KEY"):
+        Config.from_env({"HOST": "0.0.0.0"})
+    assert Config.from_env({"HOST": "0.0.0.0", "ALLOW_NO_AUTH": "1"}).allow_no_auth
+    assert Config.from_env({"HOST": "127.0.0.1"}).api_keys == ()
+    assert Config.from_env({"HOST": "::1"}).api_keys == ()
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("yes", True), ("ON", True), ("false", False),
+                                            ("0", False), ("off", False)])
+def test_booleans(raw: str, value: bool) -> None:
+    assert Config.from_env({"HOST": "127.0.0.1", "ASR_VAD": raw}).vad is value
+
+
+def test_devices() -> None:
+    for device in ("auto", "cpu", "cuda", "cuda:1"):
+        assert Config.from_env({"HOST": "127.0.0.1", "ASR_DEVICE": device}).device == device
+
+
+def test_model_is_a_name_or_a_path(tmp_path: object) -> None:
+    assert Config(model="base").model_path.name == "base.pt"
+    assert str(Config(model="/opt/models/large-v3.pt").model_path) == "/opt/models/large-v3.pt"
+
+
+def test_loopback() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1") and not is_loopback("example.org")

@@ -1,0 +1,172 @@
+"""The scheduler's own unit tests: queue bounds, order, cancellation, failures.
+
+The engine here is a stand-in (``GatedStandInEngine``), which design.md allows
+for the scheduler's unit tests only: it records calls and blocks on a gate
+so queue states can be set up exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from asr_server.errors import InternalError, Overloaded
+from asr_server.protocol import Transcription
+from asr_server.scheduler import Scheduler
+
+
+@dataclass(frozen=True)
+class Options:
+    language: str | None = "en"
+    task: str = "transcribe"
+
+
+class GatedStandInEngine:
+    """Stand-in engine: returns the first sample as text once the gate opens."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.calls: list[float] = []
+
+    def transcribe(self, samples: np.ndarray, options: Options) -> Transcription:
+        self.started.set()
+        self.calls.append(float(samples[0]))
+        self.gate.wait(10)
+        if samples[0] < 0:
+            raise RuntimeError("injected engine fault")
+        return Transcription(text=str(samples[0]), segments=(), language=options.language or "")
+
+
+def audio(marker: float) -> np.ndarray:
+    return np.full(4, marker, dtype=np.float32)
+
+
+async def started(engine: GatedStandInEngine) -> None:
+    await asyncio.to_thread(engine.started.wait, 10)
+
+
+def make(max_queue: int) -> tuple[Scheduler, GatedStandInEngine]:
+    engine = GatedStandInEngine()
+    scheduler = Scheduler(lambda: engine, max_queue)
+    scheduler.start()
+    return scheduler, engine
+
+
+def test_runs_one_at_a_time_in_order() -> None:
+    async def scenario() -> None:
+        scheduler, engine = make(max_queue=8)
+        await scheduler.wait_ready()
+        tasks = [asyncio.create_task(scheduler.submit(audio(i), Options())) for i in range(5)]
+        await started(engine)
+        engine.gate.set()
+        results = await asyncio.gather(*tasks)
+        assert [r.text for r in results] == [str(float(i)) for i in range(5)]
+        assert engine.calls == [0.0, 1.0, 2.0, 3.0, 4.0]
+        scheduler.stop()
+        assert not scheduler.alive
+
+    asyncio.run(scenario())
+
+
+def test_full_queue_answers_overloaded_at_once() -> None:
+    async def scenario() -> None:
+        scheduler, engine = make(max_queue=2)
+        await scheduler.wait_ready()
+        running = asyncio.create_task(scheduler.submit(audio(1), Options()))
+        await started(engine)  # the worker holds job 1; the queue is empty again
+        queued = [asyncio.create_task(scheduler.submit(audio(i), Options())) for i in (2, 3)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded, match="2 requests"):
+            await scheduler.submit(audio(4), Options())
+        assert scheduler.depth == 2
+        engine.gate.set()
+        await asyncio.gather(running, *queued)
+        assert engine.calls == [1.0, 2.0, 3.0]
+        scheduler.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_request_never_reaches_the_model() -> None:
+    async def scenario() -> None:
+        scheduler, engine = make(max_queue=4)
+        await scheduler.wait_ready()
+        running = asyncio.create_task(scheduler.submit(audio(1), Options()))
+        await started(engine)
+        gone = asyncio.create_task(scheduler.submit(audio(2), Options()))
+        kept = asyncio.create_task(scheduler.submit(audio(3), Options()))
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        engine.gate.set()
+        await asyncio.gather(running, kept)
+        assert engine.calls == [1.0, 3.0]
+        scheduler.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_engine_failure_reaches_only_its_caller() -> None:
+    async def scenario() -> None:
+        scheduler, engine = make(max_queue=4)
+        engine.gate.set()
+        await scheduler.wait_ready()
+        with pytest.raises(RuntimeError, match="injected"):
+            await scheduler.submit(audio(-1), Options())
+        assert (await scheduler.submit(audio(5), Options())).text == "5.0"
+        assert scheduler.alive
+        scheduler.stop()
+
+    asyncio.run(scenario())
+
+
+def test_before_the_model_loads_requests_are_overloaded() -> None:
+    async def scenario() -> None:
+        loaded = threading.Event()
+
+        def slow_load() -> GatedStandInEngine:
+            loaded.wait(10)
+            return GatedStandInEngine()
+
+        scheduler = Scheduler(slow_load, 4)
+        scheduler.start()
+        with pytest.raises(Overloaded, match="loading"):
+            await scheduler.submit(audio(1), Options())
+        loaded.set()
+        await scheduler.wait_ready()
+        assert scheduler.ready
+        scheduler.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_load_is_reported() -> None:
+    async def scenario() -> None:
+        def broken_load() -> GatedStandInEngine:
+            raise FileNotFoundError("no checkpoint")
+
+        scheduler = Scheduler(broken_load, 4)
+        scheduler.start()
+        with pytest.raises(FileNotFoundError):
+            await scheduler.wait_ready()
+        assert not scheduler.ready
+        with pytest.raises(Overloaded):
+            await scheduler.submit(audio(1), Options())
+
+    asyncio.run(scenario())
+
+
+def test_after_stop_requests_are_refused() -> None:
+    async def scenario() -> None:
+        scheduler, engine = make(max_queue=4)
+        engine.gate.set()
+        await scheduler.wait_ready()
+        scheduler.stop()
+        with pytest.raises(InternalError):
+            await scheduler.submit(audio(1), Options())
+
+    asyncio.run(scenario())
