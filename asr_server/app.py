@@ -42,6 +42,7 @@ def load_engine(settings: EngineSettings) -> Engine:
 
 
 async def run(config: Config) -> int:
+    log.debug("config: %r", config)  # the keys are left out of the repr
     settings = engine_settings(config)
     scheduler = Scheduler(lambda: load_engine(settings), config.max_queue)
     server = AsrServer(config, scheduler)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,13 @@ log = logging.getLogger(__name__)
 # when a window fails the compression-ratio or log-probability checks.
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 BEST_OF = 5
+
+
+# Whisper cuts its segments wherever a 30 s window or a timestamp token falls,
+# often mid-sentence; clients want a segment per sentence.
+_SENTENCE_END = re.compile(r"[.?!…。？！]['\"”’»)\]]*$")
+MAX_JOINED_SEGMENT_S = 30.0
+MAX_JOIN_GAP_S = 1.0
 
 
 class ModelNotFound(FileNotFoundError):
@@ -133,6 +141,7 @@ class Engine:
         duration = len(samples) / whisper.audio.SAMPLE_RATE
         regions = self.vad.speech_regions(samples) if (self.vad and gate) else None
         if regions is not None and not regions:
+            log.debug("VAD found no speech in %.1f s: the model is not run", duration)
             return Transcription(text="", segments=(), language=options.language or "")
         beam = self.settings.beam_size
         with torch.inference_mode():
@@ -155,6 +164,7 @@ class Engine:
             if not text or (regions is not None and not overlaps_speech(start, end, regions)):
                 continue
             segments.append(Segment(text=text, start=round(start, 3), end=round(max(start, end), 3)))
+        segments = join_sentences(segments)
         language = str(result["language"])
         language = TO_LANGUAGE_CODE.get(language, language)
         return Transcription(
@@ -163,3 +173,22 @@ class Engine:
             language=language,
         )
 
+
+
+def join_sentences(segments: list[Segment]) -> list[Segment]:
+    """Join Whisper's segments so each ends where a sentence ends; times stay Whisper's own.
+
+    A segment is continued only while the previous one does not end a
+    sentence, the gap between them is short and the result stays under
+    ``MAX_JOINED_SEGMENT_S``: unpunctuated speech still comes in pieces.
+    """
+    joined: list[Segment] = []
+    for seg in segments:
+        if joined:
+            last = joined[-1]
+            if (not _SENTENCE_END.search(last.text) and seg.start - last.end <= MAX_JOIN_GAP_S
+                    and seg.end - last.start <= MAX_JOINED_SEGMENT_S):
+                joined[-1] = Segment(f"{last.text} {seg.text}", last.start, seg.end)
+                continue
+        joined.append(seg)
+    return joined

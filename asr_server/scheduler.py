@@ -11,7 +11,6 @@ the model.
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -22,9 +21,6 @@ import numpy as np
 
 from asr_server.errors import InternalError, Overloaded
 from asr_server.protocol import Transcription
-
-log = logging.getLogger(__name__)
-
 
 class Transcriber(Protocol):
     def transcribe(self, samples: np.ndarray, options: TranscribeOptionsLike) -> Transcription: ...
@@ -134,8 +130,7 @@ class Scheduler:
             error: BaseException | None = None
             try:
                 result = self.engine.transcribe(job.samples, job.options)
-            except Exception as exc:
-                log.exception("transcription failed")
+            except Exception as exc:  # delivered to the caller, who logs it with its request id
                 error = exc
             try:
                 job.loop.call_soon_threadsafe(_settle, job.future, result, error)

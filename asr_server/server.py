@@ -142,10 +142,13 @@ class AsrServer:
         request = protocol.parse_transcribe(obj)
         record.machine_id = request.machine_id[:64]
         record.task, record.language = request.task, request.language or "detect"
+        log.debug("request %s: metadata accepted, waiting for audio", record.request_id)
         data = await _receive(ws, self.config.audio_timeout_s, "no audio frame")
         if isinstance(data, str):
             raise BadRequest("the second frame must be a binary frame holding a WAV file")
         audio = await asyncio.to_thread(decode_wav, data, self.config.max_audio_seconds)
+        log.debug("request %s: %d bytes, %d Hz, %d channels, %.2f s", record.request_id, len(data),
+                  audio.source_rate, audio.channels, audio.duration_s)
         del data
         record.audio_s = audio.duration_s
         options = TranscribeOptions(language=request.language, task=request.task)

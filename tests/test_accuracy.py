@@ -1,0 +1,60 @@
+"""WER through the server stays within 0.5 points of openai-whisper's own transcribe(), per language.
+
+Greedy decoding on a fixed subset keeps the suite fast; scripts/eval_wer.py
+measures every clip in beam 5 and greedy (docs/accuracy.md).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+
+from asr_server.audio import decode_wav
+from asr_server.config import Config
+from asr_server.testing import (
+    ServerProcess,
+    load_manifest,
+    load_reference_model,
+    reference_transcribe,
+    transcribe,
+    wer,
+)
+
+from .conftest import KEY
+
+SUBSET = {
+    "en": ("en_picovoice_test.wav", "en_fleurs_001.wav", "en_fleurs_005.wav"),
+    "de": ("de_fleurs_000.wav", "de_fleurs_002.wav", "de_fleurs_004.wav"),
+    "es": ("es_fleurs_000.wav", "es_fleurs_003.wav", "es_fleurs_005.wav"),
+    "fr": ("fr_fleurs_000.wav", "fr_fleurs_003.wav", "fr_fleurs_006.wav"),
+}
+# Absolute ceilings for base on these clips (greedy), with room above what was measured.
+MAX_WER = {"en": 15.0, "de": 25.0, "es": 20.0, "fr": 45.0}
+
+
+@pytest.fixture(scope="module")
+def scores(server: ServerProcess) -> dict[str, tuple[float, float]]:
+    clips = [c for c in load_manifest() if c.path.name in SUBSET.get(c.lang, ())]
+    assert len(clips) == sum(len(v) for v in SUBSET.values())
+    served = {c.path: transcribe(server.url, c.path.read_bytes(), language=c.lang, api_key=KEY)["text"]
+              for c in clips}
+    model = load_reference_model(Config().model_path)
+    reference = {c.path: reference_transcribe(model, decode_wav(c.path.read_bytes(), 1e9).samples, c.lang, 1)
+                 for c in clips}
+    by_lang = defaultdict(list)
+    for clip in clips:
+        by_lang[clip.lang].append(clip)
+    return {
+        lang: (wer([c.text for c in cs], [served[c.path] for c in cs], lang),
+               wer([c.text for c in cs], [reference[c.path] for c in cs], lang))
+        for lang, cs in by_lang.items()
+    }
+
+
+@pytest.mark.parametrize("lang", sorted(SUBSET))
+def test_server_wer_matches_transcribe(scores: dict[str, tuple[float, float]], lang: str) -> None:
+    server_wer, reference_wer = scores[lang]
+    print(f"{lang}: server {server_wer:.2f} reference {reference_wer:.2f}")
+    assert server_wer <= reference_wer + 0.5, (server_wer, reference_wer)
+    assert server_wer <= MAX_WER[lang], server_wer

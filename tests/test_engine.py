@@ -1,0 +1,82 @@
+"""The engine in-process: device handling, restricted language detection, sentence segments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import whisper
+
+from asr_server.audio import decode_wav
+from asr_server.config import Config
+from asr_server.engine import (
+    Engine,
+    EngineSettings,
+    TranscribeOptions,
+    join_sentences,
+    load_model,
+    resolve_device,
+)
+from asr_server.protocol import SUPPORTED_LANGUAGES, Segment
+from asr_server.testing import load_manifest
+
+
+@pytest.fixture(scope="module")
+def model() -> whisper.model.Whisper:
+    return load_model(Config().model_path, torch.device("cpu"))
+
+
+def test_device_resolution_is_explicit() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            resolve_device("cuda:0")
+
+
+def test_model_is_fp32_on_cpu(model: whisper.model.Whisper) -> None:
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
+
+
+def test_detection_only_chooses_supported_languages(model: whisper.model.Whisper) -> None:
+    clips = load_manifest("manifest_synthetic.jsonl", for_wer=False) + load_manifest()[::8]
+    for clip in clips:
+        samples = decode_wav(clip.path.read_bytes(), 1e9).samples
+        mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(samples)))
+        _, probs = model.detect_language(mel)
+        assert set(probs) == set(SUPPORTED_LANGUAGES)
+        assert max(probs, key=probs.get) in SUPPORTED_LANGUAGES
+        if clip.lang != "bg":  # real speech is detected right
+            assert max(probs, key=probs.get) == clip.lang, clip.path.name
+
+
+def test_sentences_are_joined_but_not_across_pauses_or_past_30s() -> None:
+    pieces = [Segment("Printing, in the only sense", 0.0, 5.6), Segment("differs from most arts.", 5.6, 9.6),
+              Segment("In being", 10.0, 11.0), Segment("comparatively modern?", 11.0, 11.9),
+              Segment("a pause", 13.5, 14.0), Segment("follows", 14.0, 15.0),
+              Segment("and a very long run", 15.0, 44.0), Segment("of unpunctuated speech", 44.0, 50.0)]
+    assert join_sentences(pieces) == [
+        Segment("Printing, in the only sense differs from most arts.", 0.0, 9.6),
+        Segment("In being comparatively modern?", 10.0, 11.9),
+        Segment("a pause follows", 13.5, 15.0),
+        Segment("and a very long run", 15.0, 44.0),
+        Segment("of unpunctuated speech", 44.0, 50.0),
+    ]
+
+
+@pytest.mark.requires_cuda
+def test_cuda_engine_runs_fp16() -> None:
+    settings = EngineSettings(Config().model_path, "cuda", threads=4, beam_size=1)
+    engine = Engine(settings)
+    assert engine.fp16 and next(engine.model.parameters()).device.type == "cuda"
+    clip = next(c for c in load_manifest() if "jfk" in c.path.name)
+    samples = decode_wav(clip.path.read_bytes(), 60).samples
+    result = engine.transcribe(samples, TranscribeOptions("en", "transcribe"))
+    assert "country" in result.text
+
+
+def test_engine_gates_on_the_vad() -> None:
+    engine = Engine(EngineSettings(Config().model_path, "cpu", threads=2, beam_size=1))
+    silent = engine.transcribe(np.zeros(16_000 * 5, dtype=np.float32), TranscribeOptions(None, "transcribe"))
+    assert silent.text == "" and silent.segments == () and silent.language == ""

@@ -1,0 +1,61 @@
+"""``internal_error``: a fault no real part can be made to produce on demand, injected by a named double.
+
+``FaultInjectingEngine`` stands in for the engine and raises the way a GPU
+out of memory does. The server, scheduler and sockets around it are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+from websockets.asyncio.client import connect
+
+from asr_server.config import Config
+from asr_server.protocol import Transcription
+from asr_server.scheduler import Scheduler
+from asr_server.server import AsrServer
+from asr_server.testing import wav_bytes
+
+
+class FaultInjectingEngine:
+    """Fault double: every transcription fails as CUDA does when it runs out of memory."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def transcribe(self, samples: np.ndarray, options: object) -> Transcription:
+        self.calls += 1
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected fault)")
+
+
+def test_an_engine_fault_is_internal_error_and_the_server_goes_on() -> None:
+    async def scenario() -> None:
+        engine = FaultInjectingEngine()
+        scheduler = Scheduler(lambda: engine, max_queue=4)
+        scheduler.start()
+        await scheduler.wait_ready()
+        server = AsrServer(Config(host="127.0.0.1", port=0), scheduler)
+        async with server.listen() as ws_server:
+            port = ws_server.sockets[0].getsockname()[1]
+            url = f"ws://127.0.0.1:{port}/ws/transcribe"
+            for _ in range(2):
+                async with connect(url) as ws:
+                    await ws.send(json.dumps({"type": "transcribe", "language": "en"}))
+                    await ws.send(wav_bytes(np.zeros(1600, dtype=np.float32), 16_000))
+                    reply = json.loads(await ws.recv())
+                    await ws.wait_closed()
+                assert reply["error"] == "internal_error"
+                assert "CUDA" not in reply["detail"]  # internals stay in the log
+                assert ws.close_code == 1011
+            async with connect(url) as ws:
+                await ws.send(json.dumps({"type": "ping"}))
+                assert json.loads(await ws.recv())["type"] == "pong"
+            assert scheduler.alive and server.health()[0] == 200
+        scheduler.stop()
+        # Digital silence of 0.1 s: the fault double is called because this
+        # scheduler has no VAD in front of it; it failed both times.
+        assert engine.calls == 2
+
+    asyncio.run(scenario())

@@ -1,0 +1,28 @@
+"""Keys, transcripts and audio never reach the log, even at DEBUG."""
+
+from __future__ import annotations
+
+import time
+
+from asr_server.testing import EVAL_DIR, ServerProcess
+
+from .conftest import KEYS, exchange, request
+
+
+def test_debug_log_holds_no_key_and_no_transcript(server: ServerProcess) -> None:
+    assert any("DEBUG" in line for line in server.lines), "the server must run at DEBUG for this test"
+    wrong_key = "sekrit-wrong-key-5521"
+    texts = []
+    for path, language in (("en/en_whisper_jfk.wav", "en"), ("de/de_fleurs_003.wav", "de")):
+        reply = exchange(server.url, request(language), (EVAL_DIR / path).read_bytes()).reply
+        texts.append(reply["text"])
+        texts += [seg["text"] for seg in reply["segments"]]
+    assert exchange(server.url, request("en", api_key=wrong_key)).reply["error"] == "unauthorized"
+    time.sleep(0.5)
+    log = "\n".join(server.lines)
+    assert "status=ok" in log and "status=unauthorized" in log  # the requests were logged
+    for secret in (*KEYS, wrong_key):
+        assert secret not in log
+    for text in texts:
+        fragment = text[:24]
+        assert len(fragment) >= 10 and fragment not in log, fragment

@@ -1,0 +1,82 @@
+"""Silence is not speech, long audio is transcribed whole with good timestamps, and the loop never blocks."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+
+import numpy as np
+import soundfile as sf
+from websockets.sync.client import connect
+
+from asr_server.testing import EVAL_DIR, ServerProcess, load_manifest, normalise, wav_bytes, wer
+
+from .conftest import exchange, request
+
+NO_SPEECH_LINE = "VAD found no speech"
+
+
+def no_speech_lines(server: ServerProcess) -> int:
+    return sum(NO_SPEECH_LINE in line for line in server.lines)
+
+
+def test_digital_silence_is_empty_and_runs_no_model(server: ServerProcess) -> None:
+    before = no_speech_lines(server)
+    result = exchange(server.url, request("en"), wav_bytes(np.zeros(16_000 * 10, dtype=np.int16), 16_000))
+    assert result.reply["text"] == "" and result.reply["segments"] == []
+    assert result.reply["language"] == "en" and result.close_code == 1000
+    time.sleep(0.2)
+    assert no_speech_lines(server) == before + 1
+
+
+def test_white_noise_is_empty(server: ServerProcess) -> None:
+    noise = np.random.default_rng(7).normal(0, 0.1, 16_000 * 10).astype(np.float32)
+    for language in ("en", None):
+        reply = exchange(server.url, request(language), wav_bytes(noise, 16_000, "FLOAT")).reply
+        assert reply["text"] == "" and reply["segments"] == [], reply
+
+
+def test_appended_silence_adds_nothing(server: ServerProcess) -> None:
+    path = EVAL_DIR / "en" / "en_picovoice_test.wav"
+    samples, rate = sf.read(path, dtype="float32")
+    plain = exchange(server.url, request("en"), path.read_bytes()).reply
+    padded_audio = np.concatenate([samples, np.zeros(rate * 20, dtype=np.float32)])
+    padded = exchange(server.url, request("en"), wav_bytes(padded_audio, rate)).reply
+    assert normalise(padded["text"], "en") == normalise(plain["text"], "en")
+    clip_end = len(samples) / rate
+    assert all(seg["end"] <= clip_end + 1.0 for seg in padded["segments"]), padded["segments"]
+
+
+def test_long_audio_whole_with_timestamps_while_pings_are_answered(server: ServerProcess) -> None:
+    """LJSpeech, 32 sentences over 3.9 min: the long result must not hold up a ping on another connection."""
+    clip = next(c for c in load_manifest() if "ljspeech" in c.path.name)
+    events: dict[str, float] = {}
+    result: dict[str, object] = {}
+
+    def long_request() -> None:
+        result.update(exchange(server.url, request("en"), clip.path.read_bytes(), timeout_s=900).reply)
+        events["long_result"] = time.monotonic()
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    time.sleep(3.0)  # the long clip is now decoding on the worker
+    with connect(server.url) as ws:
+        ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(ws.recv(timeout=30)) == {"type": "pong", "status": "ok"}
+        events["pong"] = time.monotonic()
+    assert server.health()[0] == 200
+    thread.join(900)
+    assert events["pong"] < events["long_result"], "the ping waited for the long transcription"
+
+    segments = result["segments"]
+    assert isinstance(segments, list)
+    # Transcribed whole: the words and the segments reach the end of the audio.
+    assert wer([clip.text], [str(result["text"])], "en") < 15
+    assert segments[-1]["end"] > clip.duration - 15
+    assert all(seg["end"] <= clip.duration for seg in segments)
+    assert all(a["start"] <= b["start"] for a, b in zip(segments, segments[1:], strict=False))
+    sentence_starts = [s["start"] for s in clip.row["segments"]]
+    distances = [min(abs(seg["start"] - t) for t in sentence_starts) for seg in segments]
+    assert statistics.median(distances) <= 0.5, distances
