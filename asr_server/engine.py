@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from whisper.decoding import detect_language
 from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE, Tokenizer, get_tokenizer
 
-from asr_server.protocol import SUPPORTED_LANGUAGES, Segment, Transcription
+from asr_server.protocol import SUPPORTED_LANGUAGES, Segment, TranscribeOptions, Transcription
 from asr_server.vad import SpeechDetector, overlaps_speech
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,6 @@ class ModelNotFound(FileNotFoundError):
 
 
 @dataclass(frozen=True)
-class TranscribeOptions:
-    language: str | None  # None: detect among SUPPORTED_LANGUAGES
-    task: str  # "transcribe" | "translate"
-
-
-@dataclass(frozen=True)
 class EngineSettings:
     model_path: Path
     device: str  # auto | cpu | cuda | cuda:N
@@ -71,7 +65,7 @@ def resolve_device(setting: str) -> torch.device:
     return device
 
 
-class SupportedLanguagesWhisper(Whisper):
+class SupportedLanguagesWhisper(Whisper):  # type: ignore[misc]
     """Whisper whose language detection only chooses among SUPPORTED_LANGUAGES.
 
     Without this, Bulgarian is often detected as Macedonian and Ukrainian as
@@ -80,10 +74,11 @@ class SupportedLanguagesWhisper(Whisper):
 
     _language_tokenizer: Tokenizer | None = None
 
-    def detect_language(  # type: ignore[override]
+    def detect_language(
         self, mel: torch.Tensor, tokenizer: Tokenizer | None = None
     ) -> tuple[torch.Tensor, Any]:
-        return detect_language(self, mel, self.language_tokenizer())
+        tokens, probs = detect_language(self, mel, self.language_tokenizer())
+        return tokens, probs
 
     def language_tokenizer(self) -> Tokenizer:
         if self._language_tokenizer is None:
@@ -109,7 +104,7 @@ def load_model(path: Path, device: torch.device) -> SupportedLanguagesWhisper:
         model.set_alignment_heads(checkpoint["alignment_heads"])
     # fp32 weights on every device; on CUDA whisper runs fp16 activations and
     # casts the weights per op, as openai-whisper itself does.
-    return model.to(device).eval()
+    return cast(SupportedLanguagesWhisper, model.to(device).eval())
 
 
 class Engine:

@@ -42,6 +42,14 @@ class TranscribeRequest:
 
 
 @dataclass(frozen=True)
+class TranscribeOptions:
+    """What the engine needs of a request."""
+
+    language: str | None  # None: detect among SUPPORTED_LANGUAGES
+    task: str  # "transcribe" | "translate"
+
+
+@dataclass(frozen=True)
 class Segment:
     text: str
     start: float  # seconds

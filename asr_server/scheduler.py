@@ -20,23 +20,17 @@ from typing import Protocol
 import numpy as np
 
 from asr_server.errors import InternalError, Overloaded
-from asr_server.protocol import Transcription
+from asr_server.protocol import TranscribeOptions, Transcription
+
 
 class Transcriber(Protocol):
-    def transcribe(self, samples: np.ndarray, options: TranscribeOptionsLike) -> Transcription: ...
-
-
-class TranscribeOptionsLike(Protocol):
-    @property
-    def language(self) -> str | None: ...
-    @property
-    def task(self) -> str: ...
+    def transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> Transcription: ...
 
 
 @dataclass(eq=False)
 class _Job:
     samples: np.ndarray
-    options: TranscribeOptionsLike
+    options: TranscribeOptions
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Transcription]
     cancelled: bool = field(default=False)
@@ -86,7 +80,7 @@ class Scheduler:
     def depth(self) -> int:
         return self._queue.qsize()
 
-    async def submit(self, samples: np.ndarray, options: TranscribeOptionsLike) -> Transcription:
+    async def submit(self, samples: np.ndarray, options: TranscribeOptions) -> Transcription:
         if not self.ready:
             raise Overloaded("the model is still loading; try again shortly")
         if not self.alive or self._stopping:

@@ -24,7 +24,6 @@ from websockets.http11 import Request, Response
 from asr_server import protocol
 from asr_server.audio import decode_wav
 from asr_server.config import Config
-from asr_server.engine import TranscribeOptions
 from asr_server.errors import (
     CLOSE_NORMAL,
     AsrError,
@@ -151,13 +150,13 @@ class AsrServer:
                   audio.source_rate, audio.channels, audio.duration_s)
         del data
         record.audio_s = audio.duration_s
-        options = TranscribeOptions(language=request.language, task=request.task)
+        options = protocol.TranscribeOptions(language=request.language, task=request.task)
         transcription = await self._transcribe(ws, audio.samples, options)
         record.language = transcription.language or record.language
         await ws.send(protocol.result_frame(transcription, protocol.PostprocessOutcome()))
         await ws.close(CLOSE_NORMAL)
 
-    async def _transcribe(self, ws: ServerConnection, samples: Any, options: TranscribeOptions
+    async def _transcribe(self, ws: ServerConnection, samples: Any, options: protocol.TranscribeOptions
                           ) -> protocol.Transcription:
         """Run on the scheduler, but give up (and free the queue slot) if the client leaves."""
         work = asyncio.ensure_future(self.scheduler.submit(samples, options))

@@ -16,10 +16,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asr_server.audio import decode_wav  # noqa: E402
-from asr_server.config import Config  # noqa: E402
-from asr_server.testing import (  # noqa: E402
-    REPO, ServerProcess, load_manifest, load_reference_model, reference_transcribe, transcribe, wer,
+from asr_server.audio import decode_wav
+from asr_server.config import Config
+from asr_server.testing import (
+    REPO,
+    ServerProcess,
+    load_manifest,
+    load_reference_model,
+    reference_transcribe,
+    transcribe,
+    wer,
 )
 
 

@@ -12,12 +12,11 @@ from asr_server.config import Config
 from asr_server.engine import (
     Engine,
     EngineSettings,
-    TranscribeOptions,
     join_sentences,
     load_model,
     resolve_device,
 )
-from asr_server.protocol import SUPPORTED_LANGUAGES, Segment
+from asr_server.protocol import SUPPORTED_LANGUAGES, Segment, TranscribeOptions
 from asr_server.testing import load_manifest
 
 

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from asr_server.errors import InternalError, Overloaded
-from asr_server.protocol import Transcription
+from asr_server.protocol import TranscribeOptions, Transcription
 from asr_server.scheduler import Scheduler
 
 
-@dataclass(frozen=True)
-class Options:
-    language: str | None = "en"
-    task: str = "transcribe"
+def OPTIONS -> TranscribeOptions:
+    return TranscribeOptions("en", "transcribe")
 
 
 class GatedStandInEngine:
@@ -33,7 +30,7 @@ class GatedStandInEngine:
         self.started = threading.Event()
         self.calls: list[float] = []
 
-    def transcribe(self, samples: np.ndarray, options: Options) -> Transcription:
+    def transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> Transcription:
         self.started.set()
         self.calls.append(float(samples[0]))
         self.gate.wait(10)
@@ -61,7 +58,7 @@ def test_runs_one_at_a_time_in_order() -> None:
     async def scenario() -> None:
         scheduler, engine = make(max_queue=8)
         await scheduler.wait_ready()
-        tasks = [asyncio.create_task(scheduler.submit(audio(i), Options())) for i in range(5)]
+        tasks = [asyncio.create_task(scheduler.submit(audio(i), OPTIONS)) for i in range(5)]
         await started(engine)
         engine.gate.set()
         results = await asyncio.gather(*tasks)
@@ -77,12 +74,12 @@ def test_full_queue_answers_overloaded_at_once() -> None:
     async def scenario() -> None:
         scheduler, engine = make(max_queue=2)
         await scheduler.wait_ready()
-        running = asyncio.create_task(scheduler.submit(audio(1), Options()))
+        running = asyncio.create_task(scheduler.submit(audio(1), OPTIONS))
         await started(engine)  # the worker holds job 1; the queue is empty again
-        queued = [asyncio.create_task(scheduler.submit(audio(i), Options())) for i in (2, 3)]
+        queued = [asyncio.create_task(scheduler.submit(audio(i), OPTIONS)) for i in (2, 3)]
         await asyncio.sleep(0.05)
         with pytest.raises(Overloaded, match="2 requests"):
-            await scheduler.submit(audio(4), Options())
+            await scheduler.submit(audio(4), OPTIONS)
         assert scheduler.depth == 2
         engine.gate.set()
         await asyncio.gather(running, *queued)
@@ -96,10 +93,10 @@ def test_a_cancelled_request_never_reaches_the_model() -> None:
     async def scenario() -> None:
         scheduler, engine = make(max_queue=4)
         await scheduler.wait_ready()
-        running = asyncio.create_task(scheduler.submit(audio(1), Options()))
+        running = asyncio.create_task(scheduler.submit(audio(1), OPTIONS))
         await started(engine)
-        gone = asyncio.create_task(scheduler.submit(audio(2), Options()))
-        kept = asyncio.create_task(scheduler.submit(audio(3), Options()))
+        gone = asyncio.create_task(scheduler.submit(audio(2), OPTIONS))
+        kept = asyncio.create_task(scheduler.submit(audio(3), OPTIONS))
         await asyncio.sleep(0.05)
         gone.cancel()
         engine.gate.set()
@@ -116,8 +113,8 @@ def test_an_engine_failure_reaches_only_its_caller() -> None:
         engine.gate.set()
         await scheduler.wait_ready()
         with pytest.raises(RuntimeError, match="injected"):
-            await scheduler.submit(audio(-1), Options())
-        assert (await scheduler.submit(audio(5), Options())).text == "5.0"
+            await scheduler.submit(audio(-1), OPTIONS)
+        assert (await scheduler.submit(audio(5), OPTIONS)).text == "5.0"
         assert scheduler.alive
         scheduler.stop()
 
@@ -135,7 +132,7 @@ def test_before_the_model_loads_requests_are_overloaded() -> None:
         scheduler = Scheduler(slow_load, 4)
         scheduler.start()
         with pytest.raises(Overloaded, match="loading"):
-            await scheduler.submit(audio(1), Options())
+            await scheduler.submit(audio(1), OPTIONS)
         loaded.set()
         await scheduler.wait_ready()
         assert scheduler.ready
@@ -155,7 +152,7 @@ def test_a_failed_load_is_reported() -> None:
             await scheduler.wait_ready()
         assert not scheduler.ready
         with pytest.raises(Overloaded):
-            await scheduler.submit(audio(1), Options())
+            await scheduler.submit(audio(1), OPTIONS)
 
     asyncio.run(scenario())
 
@@ -167,6 +164,6 @@ def test_after_stop_requests_are_refused() -> None:
         await scheduler.wait_ready()
         scheduler.stop()
         with pytest.raises(InternalError):
-            await scheduler.submit(audio(1), Options())
+            await scheduler.submit(audio(1), OPTIONS)
 
     asyncio.run(scenario())

@@ -7,7 +7,6 @@ JavaScript one also gets ``wavArrayBuffer`` defined in front of it.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +64,6 @@ def test_python_example(server: ServerProcess, lang: str, path: str, tmp_path: P
         assert re.search("[а-яА-Я]", out), out
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 @pytest.mark.parametrize(("lang", "path"), [CLIPS[0], CLIPS[2], CLIPS[4]])
 def test_javascript_example(server: ServerProcess, lang: str, path: str, tmp_path: Path) -> None:
     supplied = (

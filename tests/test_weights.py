@@ -37,7 +37,8 @@ def expected_source(key: str, v: dict[str, np.ndarray], state: int) -> np.ndarra
         "encoder.positional_embedding": "encoder/position_encodings/encodings",
         "decoder.positional_embedding": "decoder/position_encodings/encodings",
         "decoder.token_embedding.weight": "decoder/embeddings/weight",
-        "encoder.ln_post.weight": "encoder/layer_norm/gamma", "encoder.ln_post.bias": "encoder/layer_norm/beta",
+        "encoder.ln_post.weight": "encoder/layer_norm/gamma",
+        "encoder.ln_post.bias": "encoder/layer_norm/beta",
         "decoder.ln.weight": "decoder/layer_norm/gamma", "decoder.ln.bias": "decoder/layer_norm/beta",
     }
     if key in fixed:
@@ -99,10 +100,10 @@ def test_alignment_heads_come_from_config(checkpoint: dict[str, object]) -> None
 def test_an_unmapped_variable_fails_loudly(ct2_variables: dict[str, np.ndarray]) -> None:
     config = json.loads((CT2_DIR / "config.json").read_text())
     extra = {**ct2_variables, "decoder/layer_0/mystery/weight": np.zeros(4, np.float16)}
-    with pytest.raises(ConversionError, match="unmapped.*mystery"):
+    with pytest.raises(ConversionError, match=r"unmapped.*mystery"):
         weights.convert(extra, config)
     missing = {k: a for k, a in ct2_variables.items() if k != "encoder/layer_3/ffn/linear_1/bias"}
-    with pytest.raises(ConversionError, match="missing.*encoder/layer_3/ffn/linear_1/bias"):
+    with pytest.raises(ConversionError, match=r"missing.*encoder/layer_3/ffn/linear_1/bias"):
         weights.convert(missing, config)
 
 
@@ -128,11 +129,11 @@ def test_a_wheel_with_the_wrong_sha256_is_refused(tmp_path: Path) -> None:
 
 
 def test_greedy_tokens_match_ctranslate2_in_five_languages() -> None:
+    import ctranslate2
     import whisper
     from faster_whisper import WhisperModel
     from whisper.tokenizer import get_tokenizer
 
-    import ctranslate2
     from asr_server.engine import load_model
 
     ours = load_model(CHECKPOINT, torch.device("cpu"))

