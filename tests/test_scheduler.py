@@ -17,7 +17,6 @@ from asr_server.errors import InternalError, Overloaded
 from asr_server.protocol import TranscribeOptions, Transcription
 from asr_server.scheduler import Scheduler
 
-
 OPTIONS = TranscribeOptions("en", "transcribe")
 
 
