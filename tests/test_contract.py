@@ -181,3 +181,11 @@ def test_python_client_default_wav_from_float_array(server: ServerProcess) -> No
     buf = io.BytesIO()
     sf.write(buf, samples, rate, format="WAV")  # PCM_16 by default, as the spec notes
     assert "country" in exchange(server.url, request("en"), buf.getvalue()).reply["text"]
+
+
+def test_permessage_deflate_is_refused(server: ServerProcess) -> None:
+    with connect(server.url, compression="deflate") as ws:  # the client offers it
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "pong"
