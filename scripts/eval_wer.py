@@ -19,6 +19,7 @@ from asr_server.audio import decode_wav
 from asr_server.config import Config
 from asr_server.testing import (
     REPO,
+    Clip,
     ServerProcess,
     load_manifest,
     load_reference_model,
