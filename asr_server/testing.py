@@ -29,7 +29,33 @@ import soundfile as sf
 from websockets.sync.client import connect
 
 REPO = Path(__file__).resolve().parent.parent
-EVAL_DIR = Path(os.environ.get("ASR_EVAL_DIR", REPO.parent / "shared" / "eval"))
+
+
+def find_shared_dir() -> Path:
+    """The project's read-only ``shared/`` (spec, eval audio): beside the checkout, or beside its origin.
+
+    ``ASR_SHARED_DIR`` wins; a fresh ``git clone`` in a temporary folder finds it
+    beside the repository it was cloned from.
+    """
+    if configured := os.environ.get("ASR_SHARED_DIR"):
+        return Path(configured)
+    candidates = [REPO.parent / "shared"]
+    try:
+        origin = subprocess.run(["git", "-C", str(REPO), "remote", "get-url", "origin"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        origin = ""
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / "shared")
+    for candidate in candidates:
+        if (candidate / "eval" / "manifest.jsonl").is_file():
+            return candidate
+    raise FileNotFoundError(f"no shared/ with eval/manifest.jsonl in {candidates}; set ASR_SHARED_DIR")
+
+
+SHARED_DIR = find_shared_dir()
+EVAL_DIR = SHARED_DIR / "eval"
+SPEC_PATH = SHARED_DIR / "spec" / "asr-websocket-api.md"
 _LISTENING = re.compile(r"listening on ws://[^:]+:(\d+)/")
 
 

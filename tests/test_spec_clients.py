@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from asr_server.testing import EVAL_DIR, ServerProcess, load_manifest, wer
+from asr_server.testing import EVAL_DIR, SPEC_PATH, ServerProcess, load_manifest, wer
 
 from .conftest import KEY
 
-SPEC = EVAL_DIR.parent / "spec" / "asr-websocket-api.md"
 SPEC_URL = "ws://localhost:8765/ws/transcribe"
 
 # One clip per language of ../shared/eval, Bulgarian from the synthetic set.
@@ -33,7 +32,7 @@ MAX_WER = {"en": 25.0, "de": 35.0, "es": 35.0, "fr": 35.0, "bg": 80.0}
 
 
 def spec_example(language: str) -> str:
-    blocks = re.findall(r"```" + language + r"\n(.*?)```", SPEC.read_text(), re.S)
+    blocks = re.findall(r"```" + language + r"\n(.*?)```", SPEC_PATH.read_text(), re.S)
     assert len(blocks) == 1, f"expected one {language} example in the spec"
     return blocks[0]
 
