@@ -8,6 +8,7 @@ Stateful model: only the inference worker thread may call it.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +41,9 @@ class SpeechDetector:
         from silero_vad import get_speech_timestamps, load_silero_vad
 
         torch.set_num_threads(threads)
-        self._model = load_silero_vad()
+        with warnings.catch_warnings():  # its loader uses deprecated importlib and jit APIs
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._model = load_silero_vad()
         self._get_speech_timestamps = get_speech_timestamps
         self.options = options
 
