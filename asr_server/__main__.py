@@ -12,7 +12,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def main() -> int:
     import asyncio
-    import logging
 
     from asr_server.config import Config, ConfigError
 
@@ -26,14 +25,9 @@ def main() -> int:
         print(f"asr-server: model {config.model!r} not found at {config.model_path}: "
               "run `make model` (or set ASR_MODEL to a checkpoint path)", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # These libraries log frame contents or internals at DEBUG: keys and
-    # transcripts must never reach the log, whatever LOG_LEVEL says.
-    for name in ("websockets", "numba", "asyncio"):
-        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
+    from asr_server import app, logs
 
-    from asr_server import app
+    logs.configure(config.log_level, config.log_format)
 
     return asyncio.run(app.run(config))
 

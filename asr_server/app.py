@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
+
+from prometheus_client import CollectorRegistry
 
 from asr_server.config import Config
 from asr_server.engine import Engine, EngineSettings
+from asr_server.metrics import Metrics
 from asr_server.scheduler import Scheduler
 from asr_server.server import AsrServer
+from asr_server.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +47,44 @@ def load_engine(settings: EngineSettings) -> Engine:
     return engine
 
 
+def notify_systemd(state: str) -> None:
+    """sd_notify(3) without a library: one datagram to $NOTIFY_SOCKET, if systemd gave one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # abstract namespace
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("could not notify systemd: %s", exc)
+
+
+def describe_model(metrics: Metrics, scheduler: Scheduler, config: Config) -> None:
+    engine = scheduler.engine
+    if isinstance(engine, Engine):
+        metrics.model_load_seconds.set(engine.load_seconds)
+        metrics.model_info.info({"name": config.model, "device": str(engine.device),
+                                 "dtype": engine.dtype_name})
+
+
 async def run(config: Config) -> int:
     log.debug("config: %r", config)  # the keys are left out of the repr
     settings = engine_settings(config)
     scheduler = Scheduler(lambda: load_engine(settings), config.max_queue)
-    server = AsrServer(config, scheduler)
+    metrics = Metrics(CollectorRegistry(), config.metrics_max_machine_ids)
+    server = AsrServer(config, scheduler, metrics)
+    metrics.queue_depth.set_function(lambda: scheduler.depth)
+    metrics.ready.set_function(server.ready)
     scheduler.start()
     ws_server = await server.listen()
     port = ws_server.sockets[0].getsockname()[1]
+    sidecar = Sidecar(server.health, metrics.registry)
+    metrics_port = await sidecar.start(config.metrics_host, config.metrics_port)
     log.info("listening on ws://%s:%d/ws/transcribe (model loading)", config.host, port)
+    log.info("metrics on http://%s:%d/metrics", config.metrics_host, metrics_port)
     if not config.api_keys:
         log.warning("no SERVER_API_KEY: anyone who can reach this port may use it")
 
@@ -65,8 +100,11 @@ async def run(config: Config) -> int:
         log.error("model failed to load: %s", ready.exception())
         ws_server.close()
         await ws_server.wait_closed()
+        await sidecar.stop()
         return EXIT_LOAD_FAILED
     if ready.done():
+        describe_model(metrics, scheduler, config)
+        notify_systemd("READY=1")
         log.info("ready: http://%s:%d/health", config.host, port)
 
     code = EXIT_OK
@@ -80,6 +118,7 @@ async def run(config: Config) -> int:
                 break
 
     server.draining = True
+    notify_systemd("STOPPING=1")
     log.info("draining: %d connections, grace %.0f s", len(ws_server.connections),
              config.shutdown_grace_s)
     ws_server.close(close_connections=False)
@@ -91,5 +130,6 @@ async def run(config: Config) -> int:
     if not ready.done():
         ready.cancel()
     scheduler.stop()
+    await sidecar.stop()
     log.info("stopped")
     return code

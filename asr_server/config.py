@@ -56,7 +56,11 @@ class Config:
     metadata_timeout_s: float = 10.0
     audio_timeout_s: float = 30.0
     shutdown_grace_s: float = 30.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 8766  # 9090 is Prometheus' own
+    metrics_max_machine_ids: int = 2000
     log_level: str = "INFO"
+    log_format: str = "text"
 
     @property
     def effective_max_audio_bytes(self) -> int:
@@ -105,6 +109,15 @@ class Config:
                                        lambda v: 0 < v <= 3600, "must be in (0, 3600]"),
             shutdown_grace_s=reader.get("SHUTDOWN_GRACE_S", float, defaults.shutdown_grace_s,
                                         lambda v: 0 <= v <= 3600, "must be in [0, 3600]"),
+            metrics_host=reader.get("METRICS_HOST", str, defaults.metrics_host, lambda v: bool(v.strip()),
+                                    "must not be empty"),
+            metrics_port=reader.get("METRICS_PORT", int, defaults.metrics_port, lambda v: 0 <= v <= 65535,
+                                    "must be 0..65535"),
+            metrics_max_machine_ids=reader.get(
+                "METRICS_MAX_MACHINE_IDS", int, defaults.metrics_max_machine_ids,
+                lambda v: 0 <= v <= 1_000_000, "must be 0..1000000"),
+            log_format=reader.get("LOG_FORMAT", str.lower, defaults.log_format,
+                                  lambda v: v in ("text", "json"), "must be text or json"),
             log_level=reader.get("LOG_LEVEL", str.upper, defaults.log_level,
                                  lambda v: v in _LOG_LEVELS, f"must be one of {', '.join(_LOG_LEVELS)}"),
         )

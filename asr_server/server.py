@@ -32,6 +32,7 @@ from asr_server.errors import (
     RequestTimeout,
     Unauthorized,
 )
+from asr_server.metrics import Metrics, RequestOutcome
 from asr_server.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -46,24 +47,41 @@ class ClientGone(Exception):
 
 @dataclass
 class RequestRecord:
-    """What the request log line says; filled in as the exchange goes."""
+    """What the request log line and the metrics say; filled in as the exchange goes."""
 
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started: float = field(default_factory=time.monotonic)
     kind: str = "transcribe"
-    machine_id: str = "-"
-    task: str = "-"
+    authenticated: bool = False
+    machine_id: str = "unknown"  # as sent; guarded before it becomes a label
+    task: str = "unknown"
     language: str = "-"
     audio_s: float = 0.0
+    audio_arrived: float | None = None
     status: str = "ok"
+
+    def outcome(self, machine_label: str) -> RequestOutcome:
+        processing = time.monotonic() - self.audio_arrived if self.audio_arrived else None
+        return RequestOutcome(machine_id=machine_label, task=self.task, status=self.status,
+                              audio_seconds=self.audio_s, processing_seconds=processing)
+
+    def log_fields(self, machine_label: str) -> dict[str, object]:
+        return {
+            "request_id": self.request_id, "machine_id": machine_label, "task": self.task,
+            "language": self.language, "audio_s": round(self.audio_s, 2),
+            "processing_ms": round((time.monotonic() - self.started) * 1000),
+            "status": "ok" if self.status == "ok" else "error",
+            "error": None if self.status == "ok" else self.status,
+        }
 
 
 class AsrServer:
     """Serves ``/ws/transcribe`` and ``/health`` for one scheduler."""
 
-    def __init__(self, config: Config, scheduler: Scheduler) -> None:
+    def __init__(self, config: Config, scheduler: Scheduler, metrics: Metrics) -> None:
         self.config = config
         self.scheduler = scheduler
+        self.metrics = metrics
         self.keys = protocol.KeyRing(config.api_keys)
         self.draining = False
 
@@ -77,6 +95,9 @@ class AsrServer:
         if not self.scheduler.alive:
             return 503, {"status": "error", "detail": "the inference worker is not running"}
         return 200, {"status": "ok", "postprocess_enabled": False}
+
+    def ready(self) -> float:
+        return 1.0 if self.health()[0] == 200 else 0.0
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
@@ -108,6 +129,7 @@ class AsrServer:
 
     async def handle(self, ws: ServerConnection) -> None:
         record = RequestRecord()
+        self.metrics.inflight.inc()
         try:
             await self._exchange(ws, record)
         except AsrError as err:
@@ -120,13 +142,16 @@ class AsrServer:
             record.status = "internal_error"
             await _fail(ws, InternalError("unexpected server error"))
         finally:
-            if record.kind != "ping":
-                log.info(
-                    "request id=%s machine_id=%s task=%s language=%s audio_s=%.2f "
-                    "processing_ms=%d status=%s",
-                    record.request_id, record.machine_id, record.task, record.language,
-                    record.audio_s, (time.monotonic() - record.started) * 1000, record.status,
-                )
+            self.metrics.inflight.dec()
+            self._record(record)
+
+    def _record(self, record: RequestRecord) -> None:
+        """The one place a request is logged and counted, whatever its outcome; pings are neither."""
+        if record.kind == "ping":
+            return
+        label = self.metrics.guard.label(record.machine_id, record.authenticated)
+        self.metrics.observe(record.outcome(label))
+        log.info("request", extra={"fields": record.log_fields(label)})
 
     async def _exchange(self, ws: ServerConnection, record: RequestRecord) -> None:
         frame = await _receive(ws, self.config.metadata_timeout_s, "no metadata frame")
@@ -138,11 +163,13 @@ class AsrServer:
             return
         if not self.keys.allows(obj):
             raise Unauthorized("missing or wrong api_key")
+        record.authenticated = True
         request = protocol.parse_transcribe(obj)
-        record.machine_id = request.machine_id[:64]
+        record.machine_id = request.machine_id
         record.task, record.language = request.task, request.language or "detect"
         log.debug("request %s: metadata accepted, waiting for audio", record.request_id)
         data = await _receive(ws, self.config.audio_timeout_s, "no audio frame")
+        record.audio_arrived = time.monotonic()
         if isinstance(data, str):
             raise BadRequest("the second frame must be a binary frame holding a WAV file")
         audio = await asyncio.to_thread(decode_wav, data, self.config.max_audio_seconds)

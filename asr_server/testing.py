@@ -57,6 +57,7 @@ SHARED_DIR = find_shared_dir()
 EVAL_DIR = SHARED_DIR / "eval"
 SPEC_PATH = SHARED_DIR / "spec" / "asr-websocket-api.md"
 _LISTENING = re.compile(r"listening on ws://[^:]+:(\d+)/")
+_METRICS = re.compile(r"metrics on http://[^:]+:(\d+)/")
 
 
 @dataclass
@@ -68,18 +69,19 @@ class ServerProcess:
     wait_ready: bool = True
     lines: list[str] = field(default_factory=list)
     port: int = 0
+    metrics_port: int = 0
     proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> ServerProcess:
-        env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", "OMP_WAIT_POLICY": "PASSIVE",
-               "PYTHONUNBUFFERED": "1", **self.env}
+        env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", "METRICS_PORT": "0",
+               "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "asr_server"], cwd=REPO, env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         threading.Thread(target=self._drain, daemon=True).start()
         deadline = time.monotonic() + self.startup_timeout_s
-        while not self.port:
+        while not (self.port and self.metrics_port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("server did not start:\n" + "\n".join(self.lines[-30:]))
             time.sleep(0.05)
@@ -98,6 +100,8 @@ class ServerProcess:
             self.lines.append(line.rstrip("\n"))
             if not self.port and (match := _LISTENING.search(line)):
                 self.port = int(match[1])
+            if not self.metrics_port and (match := _METRICS.search(line)):
+                self.metrics_port = int(match[1])
 
     def stop(self, timeout_s: float = 30.0) -> int:
         assert self.proc is not None
@@ -114,16 +118,17 @@ class ServerProcess:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/transcribe"
 
-    def http_get(self, path: str) -> tuple[int, str]:
+    def http_get(self, path: str, port: int | None = None) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
+            url = f"http://127.0.0.1:{port or self.port}{path}"
+            with urllib.request.urlopen(url, timeout=10) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode()
 
-    def health(self) -> tuple[int, dict[str, Any]]:
+    def health(self, port: int | None = None) -> tuple[int, dict[str, Any]]:
         try:
-            status, body = self.http_get("/health")
+            status, body = self.http_get("/health", port)
         except (urllib.error.URLError, ConnectionError):
             return 0, {}
         return status, json.loads(body)

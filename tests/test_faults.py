@@ -10,9 +10,11 @@ import asyncio
 import json
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import connect
 
 from asr_server.config import Config
+from asr_server.metrics import Metrics
 from asr_server.protocol import Transcription
 from asr_server.scheduler import Scheduler
 from asr_server.server import AsrServer
@@ -36,7 +38,8 @@ def test_an_engine_fault_is_internal_error_and_the_server_goes_on() -> None:
         scheduler = Scheduler(lambda: engine, max_queue=4)
         scheduler.start()
         await scheduler.wait_ready()
-        server = AsrServer(Config(host="127.0.0.1", port=0), scheduler)
+        metrics = Metrics(CollectorRegistry(), machine_id_cap=10)
+        server = AsrServer(Config(host="127.0.0.1", port=0), scheduler, metrics)
         async with server.listen() as ws_server:
             port = ws_server.sockets[0].getsockname()[1]
             url = f"ws://127.0.0.1:{port}/ws/transcribe"
@@ -54,6 +57,8 @@ def test_an_engine_fault_is_internal_error_and_the_server_goes_on() -> None:
                 assert json.loads(await ws.recv())["type"] == "pong"
             assert scheduler.alive and server.health()[0] == 200
         scheduler.stop()
+        failed = metrics.requests.labels("unknown", "transcribe", "internal_error")._value.get()
+        assert failed == 2
         # Digital silence of 0.1 s: the fault double is called because this
         # scheduler has no VAD in front of it; it failed both times.
         assert engine.calls == 2

@@ -1,0 +1,48 @@
+"""The operator's port: ``/health`` and ``/metrics`` over aiohttp on METRICS_HOST:METRICS_PORT.
+
+Kept off the public WebSocket port (default 127.0.0.1:8766) so metrics are
+not exposed to clients; nginx publishes them to an allow-list. ``/health``
+means the same as on port 8765.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+HealthCheck = Callable[[], tuple[int, dict[str, Any]]]
+
+
+class Sidecar:
+    """A small aiohttp app; ``start`` binds and returns the port it got."""
+
+    def __init__(self, health: HealthCheck, registry: CollectorRegistry) -> None:
+        self._health = health
+        self._registry = registry
+        app = web.Application()
+        app.router.add_get("/health", self._get_health)
+        app.router.add_get("/metrics", self._get_metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+
+    async def start(self, host: str, port: int) -> int:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        return int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    async def _get_health(self, request: web.Request) -> web.Response:
+        status, body = self._health()
+        return web.Response(status=status, text=json.dumps(body) + "\n", content_type="application/json")
+
+    async def _get_metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
