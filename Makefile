@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 ASR_MODEL ?= base
 
-.PHONY: run test model install dev lint typecheck unit eval clean
+.PHONY: run test model install dev system-deps lint typecheck unit eval clean
+SYSTEM_TOOLS := nginx prometheus promtool systemd-analyze openssl
+SYSTEM_PACKAGES := nginx prometheus systemd openssl
 
 ## install: the venv with pinned runtime dependencies (torch first, pinned: an unpinned one pulls CUDA)
 install: $(VENV)/.installed
@@ -37,8 +39,18 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(VENV)/bin/mypy
 
+## system-deps: Debian's nginx, Prometheus and systemd tools that the deployment tests run for real
+system-deps:
+	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for: $$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
+	@command -v node >/dev/null || { echo "node 20+ is needed for the spec's JavaScript client test" >&2; exit 1; }
+
 ## test: lint, types and the whole suite (the real model on real audio; CUDA tests deselected)
-test: $(VENV)/.dev model lint typecheck
+test: system-deps $(VENV)/.dev model lint typecheck
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --durations=15
 
 ## unit: the fast tests that need no model
