@@ -183,7 +183,8 @@ def test_spec_client_through_nginx_and_failover(backends: tuple[ServerProcess, S
         wait_for_port(listen)
         base = f"ws://127.0.0.1:{listen}/ws/transcribe"
         jfk = repr(str(EVAL_DIR / "en/en_whisper_jfk.wav"))
-        code = adapt(spec_example("python"), base, ('"recording.wav"', jfk), ('"language": "bg"', '"language": "en"'))
+        code = adapt(spec_example("python"), base, ('"recording.wav"', jfk),
+                     ('"language": "bg"', '"language": "en"'))
         (tmp_path / "client.py").write_text(code)
         for _ in range(2):  # least_conn: both backends serve
             out = subprocess.run([sys.executable, str(tmp_path / "client.py")], capture_output=True,
