@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from asr_server.config import Config
 from asr_server.engine import Engine, EngineSettings
 from asr_server.metrics import Metrics
+from asr_server.postprocess import PostProcessor
 from asr_server.scheduler import Scheduler
 from asr_server.server import AsrServer
 from asr_server.sidecar import Sidecar
@@ -75,7 +76,8 @@ async def run(config: Config) -> int:
     settings = engine_settings(config)
     scheduler = Scheduler(lambda: load_engine(settings), config.max_queue)
     metrics = Metrics(CollectorRegistry(), config.metrics_max_machine_ids)
-    server = AsrServer(config, scheduler, metrics)
+    postprocessor = PostProcessor.from_config(config)
+    server = AsrServer(config, scheduler, metrics, postprocessor)
     metrics.queue_depth.set_function(lambda: scheduler.depth)
     metrics.ready.set_function(server.ready)
     scheduler.start()
@@ -130,6 +132,7 @@ async def run(config: Config) -> int:
     if not ready.done():
         ready.cancel()
     scheduler.stop()
+    await postprocessor.close()
     await sidecar.stop()
     log.info("stopped")
     return code

@@ -61,6 +61,12 @@ class Config:
     metrics_max_machine_ids: int = 2000
     log_level: str = "INFO"
     log_format: str = "text"
+    postprocess_url: str = ""  # base URL ending in /v1; empty: no post-processing
+    postprocess_model: str = "default"
+    postprocess_api_key: str = field(default="", repr=False)  # never printed
+    postprocess_timeout_s: float = 10.0
+    postprocess_default: bool = False
+    postprocess_max_concurrency: int = 4
 
     @property
     def effective_max_audio_bytes(self) -> int:
@@ -118,6 +124,17 @@ class Config:
                 lambda v: 0 <= v <= 1_000_000, "must be 0..1000000"),
             log_format=reader.get("LOG_FORMAT", str.lower, defaults.log_format,
                                   lambda v: v in ("text", "json"), "must be text or json"),
+            postprocess_url=reader.get("POSTPROCESS_URL", lambda v: v.rstrip("/"), defaults.postprocess_url,
+                                       _valid_llm_url, "must be an http(s) base URL ending in /v1"),
+            postprocess_model=reader.get("POSTPROCESS_MODEL", str, defaults.postprocess_model,
+                                         lambda v: bool(v), "must not be empty"),
+            postprocess_api_key=env.get("POSTPROCESS_API_KEY", "").strip(),
+            postprocess_timeout_s=reader.get("POSTPROCESS_TIMEOUT_S", float, defaults.postprocess_timeout_s,
+                                             lambda v: 0 < v <= 600, "must be in (0, 600]"),
+            postprocess_default=reader.boolean("POSTPROCESS_DEFAULT", defaults.postprocess_default),
+            postprocess_max_concurrency=reader.get(
+                "POSTPROCESS_MAX_CONCURRENCY", int, defaults.postprocess_max_concurrency,
+                lambda v: 1 <= v <= 1024, "must be 1..1024"),
             log_level=reader.get("LOG_LEVEL", str.upper, defaults.log_level,
                                  lambda v: v in _LOG_LEVELS, f"must be one of {', '.join(_LOG_LEVELS)}"),
         )
@@ -170,6 +187,10 @@ def _valid_device(value: str) -> bool:
         return True
     prefix, _, index = value.partition(":")
     return prefix == "cuda" and index.isdigit()
+
+
+def _valid_llm_url(value: str) -> bool:
+    return value.startswith(("http://", "https://")) and value.endswith("/v1")
 
 
 def is_loopback(host: str) -> bool:

@@ -67,9 +67,12 @@ class Transcription:
 
 @dataclass(frozen=True)
 class PostprocessOutcome:
+    """The three post-processing fields of a result, and whether an LLM call was made."""
+
     text: str | None = None
     ms: float = 0.0
     error: str | None = None
+    called: bool = False
 
 
 def parse_metadata(frame: str | bytes) -> dict[str, Any]:

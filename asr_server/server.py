@@ -33,6 +33,7 @@ from asr_server.errors import (
     Unauthorized,
 )
 from asr_server.metrics import Metrics, RequestOutcome
+from asr_server.postprocess import PostProcessor
 from asr_server.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,14 @@ class RequestRecord:
     language: str = "-"
     audio_s: float = 0.0
     audio_arrived: float | None = None
+    postprocess_s: float | None = None  # None: no LLM call was made
     status: str = "ok"
 
     def outcome(self, machine_label: str) -> RequestOutcome:
         processing = time.monotonic() - self.audio_arrived if self.audio_arrived else None
         return RequestOutcome(machine_id=machine_label, task=self.task, status=self.status,
-                              audio_seconds=self.audio_s, processing_seconds=processing)
+                              audio_seconds=self.audio_s, processing_seconds=processing,
+                              postprocess_seconds=self.postprocess_s)
 
     def log_fields(self, machine_label: str) -> dict[str, object]:
         return {
@@ -78,10 +81,12 @@ class RequestRecord:
 class AsrServer:
     """Serves ``/ws/transcribe`` and ``/health`` for one scheduler."""
 
-    def __init__(self, config: Config, scheduler: Scheduler, metrics: Metrics) -> None:
+    def __init__(self, config: Config, scheduler: Scheduler, metrics: Metrics,
+                 postprocessor: PostProcessor) -> None:
         self.config = config
         self.scheduler = scheduler
         self.metrics = metrics
+        self.postprocessor = postprocessor
         self.keys = protocol.KeyRing(config.api_keys)
         self.draining = False
 
@@ -94,7 +99,7 @@ class AsrServer:
             return 503, {"status": "loading"}
         if not self.scheduler.alive:
             return 503, {"status": "error", "detail": "the inference worker is not running"}
-        return 200, {"status": "ok", "postprocess_enabled": False}
+        return 200, {"status": "ok", "postprocess_enabled": self.postprocessor.enabled}
 
     def ready(self) -> float:
         return 1.0 if self.health()[0] == 200 else 0.0
@@ -180,7 +185,15 @@ class AsrServer:
         options = protocol.TranscribeOptions(language=request.language, task=request.task)
         transcription = await self._transcribe(ws, audio.samples, options)
         record.language = transcription.language or record.language
-        await ws.send(protocol.result_frame(transcription, protocol.PostprocessOutcome()))
+        corrected = protocol.PostprocessOutcome()
+        wants = request.postprocess if request.postprocess is not None else self.config.postprocess_default
+        if wants:
+            # The Whisper worker is already free: the LLM call holds only this connection.
+            language = "en" if request.task == "translate" else transcription.language
+            corrected = await self.postprocessor.correct(transcription.text, language)
+            if corrected.called:
+                record.postprocess_s = corrected.ms / 1000
+        await ws.send(protocol.result_frame(transcription, corrected))
         await ws.close(CLOSE_NORMAL)
 
     async def _transcribe(self, ws: ServerConnection, samples: Any, options: protocol.TranscribeOptions

@@ -103,6 +103,17 @@ class ServerProcess:
             if not self.metrics_port and (match := _METRICS.search(line)):
                 self.metrics_port = int(match[1])
 
+    def wait_for_line(self, needle: str, timeout_s: float = 10.0) -> str:
+        """The first log line holding ``needle``, waiting for the log to catch up."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for line in list(self.lines):
+                if needle in line:
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no log line with {needle!r}")
+            time.sleep(0.05)
+
     def stop(self, timeout_s: float = 30.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

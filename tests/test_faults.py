@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect
 
 from asr_server.config import Config
 from asr_server.metrics import Metrics
+from asr_server.postprocess import PostProcessor
 from asr_server.protocol import Transcription
 from asr_server.scheduler import Scheduler
 from asr_server.server import AsrServer
@@ -39,7 +40,8 @@ def test_an_engine_fault_is_internal_error_and_the_server_goes_on() -> None:
         scheduler.start()
         await scheduler.wait_ready()
         metrics = Metrics(CollectorRegistry(), machine_id_cap=10)
-        server = AsrServer(Config(host="127.0.0.1", port=0), scheduler, metrics)
+        config = Config(host="127.0.0.1", port=0)
+        server = AsrServer(config, scheduler, metrics, PostProcessor.from_config(config))
         async with server.listen() as ws_server:
             port = ws_server.sockets[0].getsockname()[1]
             url = f"ws://127.0.0.1:{port}/ws/transcribe"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from asr_server.testing import EVAL_DIR, ServerProcess
 
 from .conftest import KEYS, exchange, request
@@ -18,7 +16,7 @@ def test_debug_log_holds_no_key_and_no_transcript(server: ServerProcess) -> None
         texts.append(reply["text"])
         texts += [seg["text"] for seg in reply["segments"]]
     assert exchange(server.url, request("en", api_key=wrong_key)).reply["error"] == "unauthorized"
-    time.sleep(0.5)
+    server.wait_for_line("error=unauthorized")
     log = "\n".join(server.lines)
     assert "status=ok" in log and "error=unauthorized" in log  # the requests were logged
     for secret in (*KEYS, wrong_key):
