@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asr_server.testing import REPO, LlamaServer, ServerProcess, load_manifest, transcribe, wer
 
-
 START, END = "<!-- measured:start -->", "<!-- measured:end -->"
 
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from asr_server import weights
+from asr_server import ct2_convert, weights
 from asr_server.audio import decode_wav
 from asr_server.config import Config
+from asr_server.ct2_convert import ConversionError
 from asr_server.testing import EVAL_DIR
-from asr_server.weights import ConversionError, PinnedModel, PinnedWheel
+from asr_server.weights import PinnedModel, PinnedWheel
 
 CHECKPOINT = Config().model_path
 CT2_DIR = CHECKPOINT.parent / "base-ct2"
@@ -22,7 +23,7 @@ CT2_DIR = CHECKPOINT.parent / "base-ct2"
 
 @pytest.fixture(scope="module")
 def ct2_variables() -> dict[str, np.ndarray]:
-    return weights.read_ctranslate2(CT2_DIR / "model.bin")
+    return ct2_convert.read_ctranslate2(CT2_DIR / "model.bin")
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +102,10 @@ def test_an_unmapped_variable_fails_loudly(ct2_variables: dict[str, np.ndarray])
     config = json.loads((CT2_DIR / "config.json").read_text())
     extra = {**ct2_variables, "decoder/layer_0/mystery/weight": np.zeros(4, np.float16)}
     with pytest.raises(ConversionError, match=r"unmapped.*mystery"):
-        weights.convert(extra, config)
+        ct2_convert.convert(extra, config)
     missing = {k: a for k, a in ct2_variables.items() if k != "encoder/layer_3/ffn/linear_1/bias"}
     with pytest.raises(ConversionError, match=r"missing.*encoder/layer_3/ffn/linear_1/bias"):
-        weights.convert(missing, config)
+        ct2_convert.convert(missing, config)
 
 
 def test_a_nonzero_key_bias_or_a_foreign_architecture_fails(ct2_variables: dict[str, np.ndarray]) -> None:
@@ -114,10 +115,10 @@ def test_a_nonzero_key_bias_or_a_foreign_architecture_fails(ct2_variables: dict[
     biased[name] = ct2_variables[name].copy()
     biased[name][600] = 1.0  # inside the key slice
     with pytest.raises(ConversionError, match="key bias"):
-        weights.convert(biased, config)
+        ct2_convert.convert(biased, config)
     relu = {**ct2_variables, "decoder/activation": np.array(0, np.int8)}
     with pytest.raises(ConversionError, match="activation"):
-        weights.convert(relu, config)
+        ct2_convert.convert(relu, config)
 
 
 def test_a_wheel_with_the_wrong_sha256_is_refused(tmp_path: Path) -> None:
