@@ -196,7 +196,7 @@ def convert(variables: dict[str, np.ndarray], config: dict[str, object]) -> Chec
     heads = np.zeros((n_text_layer, n_text_head), dtype=bool)
     for layer, head in config["alignment_heads"]:  # type: ignore[attr-defined]
         heads[layer, head] = True
-    dump = base64.b85encode(gzip.compress(heads.tobytes()))
+    dump = base64.b85encode(gzip.compress(heads.tobytes(), mtime=0))  # reproducible bytes
     return Checkpoint(dims=dims, model_state_dict=m.state, alignment_heads=dump)
 
 
