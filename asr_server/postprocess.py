@@ -55,8 +55,8 @@ _QUOTES = "\"'“”„«»‘’`"
 class GuardLimits:
     """How far a reply may stray from the transcript and still be a correction of it."""
 
-    max_word_edit_rate: float = 0.35  # word edits / transcript words, after normalisation
-    min_char_similarity: float = 0.75  # difflib ratio of the normalised texts
+    max_word_edit_rate: float = 0.2  # word edits / transcript words, after normalisation
+    min_char_similarity: float = 0.85  # difflib ratio of the normalised texts, spaces removed
     max_length_ratio: float = 1.5
     min_length_ratio: float = 0.6
     min_script_share: float = 0.8  # of the reply's letters in the transcript's script
@@ -94,10 +94,9 @@ def _word_edits(a: list[str], b: list[str]) -> int:
 
 
 def strip_fence(reply: str) -> str:
-    """Models sometimes echo the delimiters; that alone is not a reason to refuse."""
-    text = reply.strip()
-    text = re.sub(r"^<transcript>\s*", "", text)
-    return re.sub(r"\s*</transcript>$", "", text).strip()
+    """Drop echoed delimiters, and whatever a model invents after its answer in a new pair of them."""
+    text = re.sub(r"^\s*<transcript>", "", reply)
+    return re.split(r"</?transcript>", text, maxsplit=1)[0].strip()
 
 
 def judge_correction(original: str, reply: str, limits: GuardLimits = GuardLimits()) -> str | None:
@@ -124,7 +123,7 @@ def judge_correction(original: str, reply: str, limits: GuardLimits = GuardLimit
         return "reply is in another script"
     before, after = normalise_words(source), normalise_words(text)
     edits = _word_edits(before, after)
-    similarity = difflib.SequenceMatcher(None, " ".join(before), " ".join(after), autojunk=False).ratio()
+    similarity = difflib.SequenceMatcher(None, "".join(before), "".join(after), autojunk=False).ratio()
     allowed_edits = max(1, round(limits.max_word_edit_rate * len(before)))
     if edits > allowed_edits or similarity < limits.min_char_similarity:
         return "reply is not a correction of the transcript (another language, an answer, or a rewrite)"
@@ -202,6 +201,9 @@ class PostProcessor:
             "model": self.settings.model,
             "temperature": 0,
             "max_tokens": max(64, len(text) // 2 + 64),
+            # Small models run on into a made-up next transcript: stop at its closing tag
+            # (strip_fence cuts at its opening one).
+            "stop": ["</transcript>"],
             "messages": [
                 {"role": "system", "content": SYSTEM_PROMPT.format(language=name)},
                 {"role": "user", "content": f"<transcript>\n{text}\n</transcript>"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from asr_server.postprocess import judge_correction
+from asr_server.postprocess import judge_correction, strip_fence
 
 CORRECTIONS = [
     ("здравейте как сте", "Здравейте, как сте?"),
@@ -51,6 +51,11 @@ REJECTIONS = [
      "runs far away into the dark forest.", "longer"),
     # empty
     ("hello", "   ", "empty"),
+    # real SmolLM2-135M "corrections" that drop or swap words: worse than the raw text
+    ("Une partie fue, feu dirigée vers le port de l'Ardoise.", "Une partie fue, le port de l'Ardoise.",
+     "not a correction"),
+    ("Su álgase dio con el cambio de sitio.", "La álgase debe conocer el cambio de sitio.",
+     "not a correction"),
 ]
 
 
@@ -63,6 +68,12 @@ def test_corrections_are_accepted(original: str, reply: str) -> None:
 def test_non_corrections_are_rejected(original: str, reply: str, reason: str) -> None:
     verdict = judge_correction(original, reply)
     assert verdict is not None and reason in verdict, verdict
+
+
+def test_a_made_up_next_transcript_is_cut_off() -> None:
+    reply = "He began a confused complaint.\n<transcript>\nThe wizard was a demon.\n</transcript>"
+    assert judge_correction("he began a confused complaint", reply) is None
+    assert strip_fence(reply) == "He began a confused complaint."
 
 
 def test_enough_cases_in_enough_languages() -> None:
