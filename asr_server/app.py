@@ -74,8 +74,8 @@ def describe_model(metrics: Metrics, scheduler: Scheduler, config: Config) -> No
 async def run(config: Config) -> int:
     log.debug("config: %r", config)  # the keys are left out of the repr
     settings = engine_settings(config)
-    scheduler = Scheduler(lambda: load_engine(settings), config.max_queue)
     metrics = Metrics(CollectorRegistry(), config.metrics_max_machine_ids)
+    scheduler = Scheduler(lambda: load_engine(settings), config.max_queue, metrics.batch_size.observe)
     postprocessor = PostProcessor.from_config(config)
     server = AsrServer(config, scheduler, metrics, postprocessor)
     metrics.queue_depth.set_function(lambda: scheduler.depth)

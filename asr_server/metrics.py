@@ -85,7 +85,7 @@ class Metrics:
                               registry=registry)
         self.queue_depth = Gauge("asr_queue_depth", "Requests waiting for the inference worker",
                                  registry=registry)
-        self.batch_size = Histogram("asr_batch_size", "Requests run together in one model call",
+        self.batch_size = Histogram("asr_batch_size", "Requests the inference worker takes at once",
                                     buckets=BATCH_BUCKETS, registry=registry)
         self.model_load_seconds = Gauge("asr_model_load_seconds", "Seconds the model took to load",
                                         registry=registry)

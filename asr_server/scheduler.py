@@ -50,8 +50,10 @@ def _settle(future: asyncio.Future[Transcription], result: Transcription | None,
 class Scheduler:
     """Runs transcriptions one at a time on a dedicated worker thread."""
 
-    def __init__(self, load: Callable[[], Transcriber], max_queue: int) -> None:
+    def __init__(self, load: Callable[[], Transcriber], max_queue: int,
+                 observe_batch: Callable[[int], None] = lambda size: None) -> None:
         self._load = load
+        self._observe_batch = observe_batch  # called from the worker thread with each model call's size
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._ready = threading.Event()
         self._stopping = False
@@ -122,6 +124,7 @@ class Scheduler:
                 continue
             result: Transcription | None = None
             error: BaseException | None = None
+            self._observe_batch(1)
             try:
                 result = self.engine.transcribe(job.samples, job.options)
             except Exception as exc:  # delivered to the caller, who logs it with its request id

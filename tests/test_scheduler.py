@@ -45,16 +45,18 @@ async def started(engine: GatedStandInEngine) -> None:
     await asyncio.to_thread(engine.started.wait, 10)
 
 
-def make(max_queue: int) -> tuple[Scheduler, GatedStandInEngine]:
+def make(max_queue: int, batches: list[int] | None = None) -> tuple[Scheduler, GatedStandInEngine]:
     engine = GatedStandInEngine()
-    scheduler = Scheduler(lambda: engine, max_queue)
+    scheduler = Scheduler(lambda: engine, max_queue, (batches if batches is not None else []).append)
     scheduler.start()
     return scheduler, engine
 
 
 def test_runs_one_at_a_time_in_order() -> None:
+    batches: list[int] = []
+
     async def scenario() -> None:
-        scheduler, engine = make(max_queue=8)
+        scheduler, engine = make(max_queue=8, batches=batches)
         await scheduler.wait_ready()
         tasks = [asyncio.create_task(scheduler.submit(audio(i), OPTIONS)) for i in range(5)]
         await started(engine)
@@ -62,6 +64,7 @@ def test_runs_one_at_a_time_in_order() -> None:
         results = await asyncio.gather(*tasks)
         assert [r.text for r in results] == [str(float(i)) for i in range(5)]
         assert engine.calls == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert batches == [1, 1, 1, 1, 1]  # each model call is counted with its size
         scheduler.stop()
         assert not scheduler.alive
 
