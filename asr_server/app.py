@@ -75,7 +75,8 @@ async def run(config: Config) -> int:
     log.debug("config: %r", config)  # the keys are left out of the repr
     settings = engine_settings(config)
     metrics = Metrics(CollectorRegistry(), config.metrics_max_machine_ids)
-    scheduler = Scheduler(lambda: load_engine(settings), config.max_queue, metrics.batch_size.observe)
+    scheduler = Scheduler(lambda: load_engine(settings), config.max_queue, config.max_batch,
+                          config.queue_deadline_s, metrics.batch_size.observe)
     postprocessor = PostProcessor.from_config(config)
     server = AsrServer(config, scheduler, metrics, postprocessor)
     metrics.queue_depth.set_function(lambda: scheduler.depth)

@@ -51,6 +51,8 @@ class Config:
     threads: int = 0  # 0: one per core
     vad: bool = True
     max_queue: int = 32
+    max_batch: int = 8
+    queue_deadline_s: float = 300.0
     max_audio_seconds: float = 1800.0
     max_audio_bytes: int = 0  # 0: derived from max_audio_seconds
     metadata_timeout_s: float = 10.0
@@ -105,6 +107,10 @@ class Config:
             vad=reader.boolean("ASR_VAD", defaults.vad),
             max_queue=reader.get("ASR_MAX_QUEUE", int, defaults.max_queue, lambda v: v >= 1,
                                  "must be at least 1"),
+            max_batch=reader.get("ASR_MAX_BATCH", int, defaults.max_batch, lambda v: 1 <= v <= 256,
+                                 "must be 1..256"),
+            queue_deadline_s=reader.get("ASR_QUEUE_DEADLINE_S", float, defaults.queue_deadline_s,
+                                        lambda v: 0 < v <= 86_400, "must be in (0, 86400]"),
             max_audio_seconds=reader.get("MAX_AUDIO_SECONDS", float, defaults.max_audio_seconds,
                                          lambda v: 0 < v <= 86_400, "must be in (0, 86400]"),
             max_audio_bytes=reader.get("MAX_AUDIO_BYTES", int, defaults.max_audio_bytes,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,14 @@ from typing import Any, cast
 import numpy as np
 import torch
 import whisper
-from whisper.decoding import detect_language
+from whisper.decoding import DecodingOptions, DecodingResult, detect_language
+from whisper.decoding import decode as decode_function
 from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE, Tokenizer, get_tokenizer
 
+from asr_server.batching import DecodeRendezvous, current_rendezvous
 from asr_server.protocol import SUPPORTED_LANGUAGES, Segment, TranscribeOptions, Transcription
-from asr_server.vad import SpeechDetector, overlaps_speech
+from asr_server.vad import SpeechDetector, SpeechRegion, overlaps_speech
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,14 @@ class SupportedLanguagesWhisper(Whisper):  # type: ignore[misc]
     """
 
     _language_tokenizer: Tokenizer | None = None
+
+    def decode(self, mel: torch.Tensor, options: DecodingOptions | None = None) -> Any:
+        """Inside a batch, decode calls meet at the batch's rendezvous (batching.py)."""
+        options = options or DecodingOptions()
+        rendezvous = current_rendezvous()
+        if rendezvous is None:
+            return decode_function(self, mel, options)
+        return rendezvous.decode(mel, options)
 
     def detect_language(
         self, mel: torch.Tensor, tokenizer: Tokenizer | None = None
@@ -133,11 +144,64 @@ class Engine:
                         gate=False)
 
     def transcribe(self, samples: np.ndarray, options: TranscribeOptions, gate: bool = True) -> Transcription:
-        duration = len(samples) / whisper.audio.SAMPLE_RATE
+        """One request on its own."""
         regions = self.vad.speech_regions(samples) if (self.vad and gate) else None
         if regions is not None and not regions:
-            log.debug("VAD found no speech in %.1f s: the model is not run", duration)
-            return Transcription(text="", segments=(), language=options.language or "")
+            return self._no_speech(samples, options)
+        return self._transcribe(samples, options, regions)
+
+    def transcribe_batch(
+        self, items: list[tuple[np.ndarray, TranscribeOptions]]
+    ) -> list[Transcription | Exception]:
+        """Several requests at once: their decode calls are batched, their results kept apart.
+
+        Each entry is the request's Transcription, or the exception that failed it alone.
+        """
+        results: list[Transcription | Exception | None] = [None] * len(items)
+        speech: list[tuple[int, list[SpeechRegion] | None]] = []
+        for i, (samples, options) in enumerate(items):
+            regions = self.vad.speech_regions(samples) if self.vad else None
+            if regions is not None and not regions:
+                results[i] = self._no_speech(samples, options)
+            else:
+                speech.append((i, regions))
+        if len(speech) == 1:
+            i, regions = speech[0]
+            results[i] = self._guarded(items[i][0], items[i][1], regions)
+        elif speech:
+            rendezvous = DecodeRendezvous(self._decode_batch, len(speech))
+
+            def run(i: int, regions: list[SpeechRegion] | None) -> None:
+                results[i] = rendezvous.run(lambda: self._guarded(items[i][0], items[i][1], regions))
+
+            threads = [threading.Thread(target=run, args=entry, name=f"asr-batch-{entry[0]}")
+                       for entry in speech]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        return [r if r is not None else RuntimeError("no result") for r in results]
+
+    def _guarded(self, samples: np.ndarray, options: TranscribeOptions,
+                 regions: list[SpeechRegion] | None) -> Transcription | Exception:
+        try:
+            return self._transcribe(samples, options, regions)
+        except Exception as exc:  # reported to this request's caller only
+            return exc
+
+    def _decode_batch(self, mel: torch.Tensor, options: DecodingOptions) -> list[DecodingResult]:
+        with torch.inference_mode():
+            results: list[DecodingResult] = decode_function(self.model, mel, options)
+        return results
+
+    def _no_speech(self, samples: np.ndarray, options: TranscribeOptions) -> Transcription:
+        seconds = len(samples) / whisper.audio.SAMPLE_RATE
+        log.debug("VAD found no speech in %.1f s: the model is not run", seconds)
+        return Transcription(text="", segments=(), language=options.language or "")
+
+    def _transcribe(self, samples: np.ndarray, options: TranscribeOptions,
+                    regions: list[SpeechRegion] | None) -> Transcription:
+        duration = len(samples) / whisper.audio.SAMPLE_RATE
         beam = self.settings.beam_size
         with torch.inference_mode():
             result = whisper.transcribe(
@@ -167,8 +231,6 @@ class Engine:
             segments=tuple(segments),
             language=language,
         )
-
-
 
 def join_sentences(segments: list[Segment]) -> list[Segment]:
     """Join Whisper's segments so each ends where a sentence ends; times stay Whisper's own.

@@ -1,11 +1,12 @@
 """The single inference worker and the bounded queue in front of it.
 
 One thread owns the engine (it loads the model and runs every transcription),
-so torch never runs on the event loop and at most one model call runs at a
-time. ``submit`` is the only way in: a full queue answers ``overloaded`` at
-once instead of letting latency grow without bound, and a request whose
-caller has gone (its awaiting task cancelled) is skipped before it reaches
-the model.
+so torch never runs on the event loop. ``submit`` is the only way in: a full
+queue answers ``overloaded`` at once instead of letting latency grow without
+bound. The worker takes up to ``max_batch`` waiting requests at a time and
+hands them to the engine as one batch. A request whose caller has gone (its
+awaiting task cancelled) is skipped before it reaches the model, and one that
+waited past ``deadline_s`` is answered ``overloaded`` rather than run late.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,7 +26,9 @@ from asr_server.protocol import TranscribeOptions, Transcription
 
 
 class Transcriber(Protocol):
-    def transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> Transcription: ...
+    def transcribe_batch(
+        self, items: list[tuple[np.ndarray, TranscribeOptions]]
+    ) -> list[Transcription | Exception]: ...
 
 
 @dataclass(eq=False)
@@ -33,7 +37,14 @@ class _Job:
     options: TranscribeOptions
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Transcription]
+    enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = field(default=False)
+
+    def settle(self, result: Transcription | None, error: BaseException | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_settle, self.future, result, error)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
 
 
 def _settle(future: asyncio.Future[Transcription], result: Transcription | None,
@@ -50,13 +61,17 @@ def _settle(future: asyncio.Future[Transcription], result: Transcription | None,
 class Scheduler:
     """Runs transcriptions one at a time on a dedicated worker thread."""
 
-    def __init__(self, load: Callable[[], Transcriber], max_queue: int,
+    def __init__(self, load: Callable[[], Transcriber], max_queue: int, max_batch: int = 1,
+                 deadline_s: float = float("inf"),
                  observe_batch: Callable[[int], None] = lambda size: None) -> None:
         self._load = load
+        self._max_batch = max_batch
+        self._deadline_s = deadline_s
         self._observe_batch = observe_batch  # called from the worker thread with each model call's size
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._ready = threading.Event()
         self._stopping = False
+        self._stop_seen = False
         self.load_error: BaseException | None = None
         self.engine: Transcriber | None = None
         self._thread = threading.Thread(target=self._run, name="asr-worker", daemon=True)
@@ -119,17 +134,45 @@ class Scheduler:
             self._ready.set()
             return
         self._ready.set()
-        while (job := self._queue.get()) is not None:
+        while (batch := self._take()) is not None:
+            if not batch:
+                continue
+            self._observe_batch(len(batch))
+            try:
+                results = self.engine.transcribe_batch([(job.samples, job.options) for job in batch])
+            except Exception as exc:  # the whole batch failed: each of its requests hears why
+                results = [exc] * len(batch)
+            for job, result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    job.settle(None, result)
+                else:
+                    job.settle(result, None)
+
+    def _take(self) -> list[_Job] | None:
+        """The next batch: one waiting job, then whatever else waits, up to ``max_batch``; None: stop."""
+        if self._stop_seen:
+            return None
+        first = self._queue.get()
+        if first is None:
+            return None
+        jobs = [first]
+        while len(jobs) < self._max_batch:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._stop_seen = True  # finish this batch, then stop
+                break
+            jobs.append(job)
+        now = time.monotonic()
+        live = []
+        for job in jobs:
             if job.cancelled:
                 continue
-            result: Transcription | None = None
-            error: BaseException | None = None
-            self._observe_batch(1)
-            try:
-                result = self.engine.transcribe(job.samples, job.options)
-            except Exception as exc:  # delivered to the caller, who logs it with its request id
-                error = exc
-            try:
-                job.loop.call_soon_threadsafe(_settle, job.future, result, error)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+            waited = now - job.enqueued
+            if waited > self._deadline_s:
+                job.settle(None, Overloaded(f"waited {waited:.0f} s in the queue; try again later"))
+                continue
+            live.append(job)
+        return live

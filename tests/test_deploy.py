@@ -164,6 +164,13 @@ def test_prometheus_answers_the_spec_promql(backends: tuple[ServerProcess, Serve
             "rate(asr_processing_seconds_sum[5m]) / rate(asr_processing_seconds_count[5m])")
         finite = [value for _, value in averages if value == value]  # NaN where a series did not move
         assert finite and all(0 < v < 10 for v in finite), averages
+        # Every query of the shipped Grafana dashboard is valid PromQL and finds data.
+        dashboard = json.loads((DEPLOY / "grafana" / "asr-server-dashboard.json").read_text())
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                if "postprocess" in target["expr"]:
+                    continue  # these backends have no LLM configured: nothing to find
+                assert prometheus.series(target["expr"]), (panel["title"], target["expr"])
     finally:
         prometheus.stop()
 

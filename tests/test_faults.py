@@ -28,7 +28,7 @@ class FaultInjectingEngine:
     def __init__(self) -> None:
         self.calls = 0
 
-    def transcribe(self, samples: np.ndarray, options: object) -> Transcription:
+    def transcribe_batch(self, items: list[tuple[np.ndarray, object]]) -> list[Transcription | Exception]:
         self.calls += 1
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected fault)")
 

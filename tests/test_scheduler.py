@@ -27,14 +27,18 @@ class GatedStandInEngine:
         self.gate = threading.Event()
         self.started = threading.Event()
         self.calls: list[float] = []
+        self.batches: list[int] = []
 
-    def transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> Transcription:
+    def transcribe_batch(
+        self, items: list[tuple[np.ndarray, TranscribeOptions]]
+    ) -> list[Transcription | Exception]:
         self.started.set()
-        self.calls.append(float(samples[0]))
+        self.batches.append(len(items))
+        self.calls += [float(samples[0]) for samples, _ in items]
         self.gate.wait(10)
-        if samples[0] < 0:
-            raise RuntimeError("injected engine fault")
-        return Transcription(text=str(samples[0]), segments=(), language=options.language or "")
+        return [RuntimeError("injected engine fault") if samples[0] < 0 else
+                Transcription(text=str(samples[0]), segments=(), language=options.language or "")
+                for samples, options in items]
 
 
 def audio(marker: float) -> np.ndarray:
@@ -45,9 +49,11 @@ async def started(engine: GatedStandInEngine) -> None:
     await asyncio.to_thread(engine.started.wait, 10)
 
 
-def make(max_queue: int, batches: list[int] | None = None) -> tuple[Scheduler, GatedStandInEngine]:
+def make(max_queue: int, max_batch: int = 1, batches: list[int] | None = None,
+         deadline_s: float = 60.0) -> tuple[Scheduler, GatedStandInEngine]:
     engine = GatedStandInEngine()
-    scheduler = Scheduler(lambda: engine, max_queue, (batches if batches is not None else []).append)
+    scheduler = Scheduler(lambda: engine, max_queue, max_batch, deadline_s,
+                          (batches if batches is not None else []).append)
     scheduler.start()
     return scheduler, engine
 
@@ -168,5 +174,62 @@ def test_after_stop_requests_are_refused() -> None:
         scheduler.stop()
         with pytest.raises(InternalError):
             await scheduler.submit(audio(1), OPTIONS)
+
+    asyncio.run(scenario())
+
+
+def test_waiting_requests_are_taken_together_up_to_max_batch() -> None:
+    batches: list[int] = []
+
+    async def scenario() -> None:
+        scheduler, engine = make(max_queue=16, max_batch=4, batches=batches)
+        await scheduler.wait_ready()
+        first = asyncio.create_task(scheduler.submit(audio(0), OPTIONS))
+        await started(engine)  # the worker holds a batch of one; six more now wait
+        rest = [asyncio.create_task(scheduler.submit(audio(i), OPTIONS)) for i in range(1, 7)]
+        await asyncio.sleep(0.05)
+        engine.gate.set()
+        results = await asyncio.gather(first, *rest)
+        assert [r.text for r in results] == [str(float(i)) for i in range(7)]
+        assert engine.batches == [1, 4, 2] and batches == [1, 4, 2]
+        scheduler.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_that_waited_past_the_deadline_is_overloaded() -> None:
+    async def scenario() -> None:
+        scheduler, engine = make(max_queue=4, deadline_s=0.2)
+        await scheduler.wait_ready()
+        running = asyncio.create_task(scheduler.submit(audio(1), OPTIONS))
+        await started(engine)
+        late = asyncio.create_task(scheduler.submit(audio(2), OPTIONS))
+        await asyncio.sleep(0.4)  # past the deadline while the worker is busy
+        engine.gate.set()
+        assert (await running).text == "1.0"
+        with pytest.raises(Overloaded, match="waited"):
+            await late
+        assert engine.calls == [1.0]
+        scheduler.stop()
+
+    asyncio.run(scenario())
+
+
+def test_one_failing_request_in_a_batch_fails_alone() -> None:
+    async def scenario() -> None:
+        scheduler, engine = make(max_queue=8, max_batch=8)
+        await scheduler.wait_ready()
+        first = asyncio.create_task(scheduler.submit(audio(0), OPTIONS))
+        await started(engine)
+        bad = asyncio.create_task(scheduler.submit(audio(-1), OPTIONS))
+        good = asyncio.create_task(scheduler.submit(audio(2), OPTIONS))
+        await asyncio.sleep(0.05)
+        engine.gate.set()
+        await first
+        with pytest.raises(RuntimeError, match="injected"):
+            await bad
+        assert (await good).text == "2.0"
+        assert engine.batches == [1, 2]
+        scheduler.stop()
 
     asyncio.run(scenario())

@@ -1,0 +1,101 @@
+"""Batched decoding across requests, with openai-whisper's own transcribe() logic left untouched.
+
+Each request of a batch runs ``whisper.transcribe`` in a thread of its own:
+windows, prompts, temperature fallback and no-speech handling stay exactly
+whisper's, per request. Only the model's ``decode`` calls are intercepted:
+they meet at a ``DecodeRendezvous``, and once every request still running
+has reached one, calls with identical options run as one batch (stacked
+mels, batched beam search or greedy). A failure in a batched call reaches
+the requests of that call only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from whisper.decoding import DecodingOptions, DecodingResult
+
+BatchDecode = Callable[[torch.Tensor, DecodingOptions], list[DecodingResult]]
+
+_local = threading.local()
+
+
+def current_rendezvous() -> DecodeRendezvous | None:
+    """The rendezvous this thread's decode calls go to, if it runs inside a batch."""
+    rendezvous: DecodeRendezvous | None = getattr(_local, "rendezvous", None)
+    return rendezvous
+
+
+@dataclass(eq=False)
+class _Call:
+    mel: torch.Tensor  # (n_mels, frames): transcribe() decodes one window at a time
+    options: DecodingOptions
+    done: bool = False
+    result: DecodingResult | None = None
+    error: BaseException | None = None
+    key: tuple[Any, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # DecodingOptions may hold a prompt list: make a hashable key of every field.
+        self.key = tuple(tuple(v) if isinstance(v, list) else v for v in dataclasses.astuple(self.options))
+
+
+class DecodeRendezvous:
+    """Where the decode calls of several concurrent transcriptions are gathered and batched."""
+
+    def __init__(self, decode_batch: BatchDecode, participants: int) -> None:
+        self._decode_batch = decode_batch
+        self._cond = threading.Condition()
+        self._active = participants
+        self._pending: list[_Call] = []
+
+    def run(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` (one transcription) in this thread as a participant."""
+        _local.rendezvous = self
+        try:
+            return work()
+        finally:
+            _local.rendezvous = None
+            with self._cond:
+                self._active -= 1
+                self._flush_if_all_arrived()
+
+    def decode(self, mel: torch.Tensor, options: DecodingOptions) -> DecodingResult:
+        if mel.ndim != 2:
+            raise ValueError("a batched transcription decodes one window at a time")
+        call = _Call(mel, options)
+        with self._cond:
+            self._pending.append(call)
+            self._flush_if_all_arrived()
+            while not call.done:
+                self._cond.wait()
+        if call.error is not None:
+            raise call.error
+        assert call.result is not None
+        return call.result
+
+    def _flush_if_all_arrived(self) -> None:
+        """Every participant still running waits in decode: run all pending calls, batched."""
+        if not self._pending or len(self._pending) < self._active:
+            return
+        calls, self._pending = self._pending, []
+        groups: dict[tuple[Any, ...], list[_Call]] = {}
+        for call in calls:
+            groups.setdefault(call.key, []).append(call)
+        for group in groups.values():
+            try:
+                results = self._decode_batch(torch.stack([c.mel for c in group]), group[0].options)
+            except Exception as exc:  # e.g. out of device memory: only this group's requests fail
+                for call in group:
+                    call.error = exc
+            else:
+                for call, result in zip(group, results, strict=True):
+                    call.result = result
+            for call in group:
+                call.done = True
+        self._cond.notify_all()
