@@ -97,20 +97,22 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def bench_server(clips: list[Clip], beam: int, levels: Iterable[int], decoding: str) -> list[Run]:
+def bench_server(clips: list[Clip], beam: int, levels: Iterable[int], decoding: str,
+                 max_batch: int = 8) -> list[Run]:
     runs = []
     audio = sum(c.duration for c in clips)
     env = {"ASR_BEAM_SIZE": str(beam), "SERVER_API_KEY": "", "ASR_MAX_QUEUE": "256",
-           "OMP_WAIT_POLICY": OMP_POLICY}
+           "OMP_WAIT_POLICY": OMP_POLICY, "ASR_MAX_BATCH": str(max_batch)}
+    name = "asr-server" if max_batch > 1 else "asr-server ASR_MAX_BATCH=1"
     with ServerProcess(env=env) as server:
         transcribe(server.url, clips[0].path.read_bytes(), language=clips[0].lang)  # warm
         for level in levels:
             latencies, wall = timed(lambda c: transcribe(server.url, c.path.read_bytes(), language=c.lang),
                                     clips, level)
             assert server.proc is not None
-            runs.append(Run("asr-server", decoding, level, tuple(latencies), audio, wall,
-                            peak_rss_mb(server.proc.pid)))
-            print(f"  server {decoding} x{level}: {audio / wall:.2f} audio s/s", flush=True)
+            rss = peak_rss_mb(server.proc.pid)
+            runs.append(Run(name, decoding, level, tuple(latencies), audio, wall, rss))
+            print(f"  {name} {decoding} x{level}: {audio / wall:.2f} audio s/s", flush=True)
     return runs
 
 
@@ -173,6 +175,8 @@ def main() -> int:
     for decoding, beam in decodings:
         print(f"{decoding}: {len(clips)} clips, {sum(c.duration for c in clips):.0f} s of audio", flush=True)
         runs += bench_server(clips, beam, args.levels, decoding)
+        if max(args.levels) > 1:  # the same server without batching, at the highest concurrency
+            runs += bench_server(clips, beam, [max(args.levels)], decoding, max_batch=1)
         runs.append(bench_openai(clips, beam, decoding))
         for compute_type in ("float32", "int8"):
             runs.append(bench_faster_whisper(clips, beam, decoding, compute_type, 1))
@@ -180,9 +184,19 @@ def main() -> int:
         if top > 1:
             for compute_type in ("float32", "int8"):
                 runs.append(bench_faster_whisper(clips, beam, decoding, compute_type, top))
-        print("\n".join(table(runs[-(len(args.levels) + 3 + (2 if top > 1 else 0)):])), flush=True)
+        print("\n".join(table(runs[-(len(args.levels) + 3 + (3 if top > 1 else 0)):])), flush=True)
     write(args, clips, runs)
     return 0
+
+
+def batch_gain(runs: list[Run], decoding: str, clients: int) -> str:
+    batched = next((r for r in runs if r.name == "asr-server" and r.decoding == decoding
+                    and r.concurrency == clients), None)
+    single = next((r for r in runs if r.name == "asr-server ASR_MAX_BATCH=1" and r.decoding == decoding
+                   and r.concurrency == clients), None)
+    if not batched or not single:
+        return "not measured"
+    return f"{batched.throughput / single.throughput:.2f}x"
 
 
 def ratio(runs: list[Run], name: str, decoding: str, clients: int, other: str) -> str:
@@ -224,7 +238,14 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run]) -> None:
         "",
         *table(runs),
         "",
-        "## Ratios (mean latency, lower is better for us)",
+        "## Ratios",
+        "",
+        f"- batching, greedy: throughput at {max(args.levels)} clients, ASR_MAX_BATCH=8 / ASR_MAX_BATCH=1 = "
+        f"{batch_gain(runs, 'greedy', max(args.levels))}",
+        f"- batching, beam 5 (the default): throughput at {max(args.levels)} clients, ASR_MAX_BATCH=8 / "
+        f"ASR_MAX_BATCH=1 = {batch_gain(runs, 'beam 5', max(args.levels))}",
+        "",
+        "Mean latency, ours / theirs (lower is better for us):",
         "",
         f"- server overhead, greedy: server x1 / openai-whisper in-process = "
         f"{ratio(runs, 'asr-server', 'greedy', 1, 'openai-whisper')}",
