@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -9,7 +12,9 @@ from asr_server.audio import decode_wav
 from asr_server.config import Config
 from asr_server.engine import Engine, EngineSettings
 from asr_server.protocol import TranscribeOptions
-from asr_server.testing import load_manifest
+from asr_server.testing import EVAL_DIR, ServerProcess, load_manifest
+
+from .conftest import exchange, request
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +47,19 @@ def test_mixed_languages_and_detection_in_one_batch(engine: Engine) -> None:
     for (samples, options), result in zip(items, results, strict=True):
         assert not isinstance(result, Exception)
         assert result.text == engine.transcribe(samples, options).text
+
+
+def test_concurrent_requests_are_batched_by_the_server(server: ServerProcess) -> None:
+    def batch_totals() -> tuple[float, float]:
+        text = server.http_get("/metrics", server.metrics_port)[1]
+        found = dict(re.findall(r"^asr_batch_size_(sum|count) (\S+)$", text, re.M))
+        return float(found["sum"]), float(found["count"])
+
+    before_sum, before_count = batch_totals()
+    jfk = (EVAL_DIR / "en" / "en_whisper_jfk.wav").read_bytes()
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda _: exchange(server.url, request("en"), jfk).reply, range(6)))
+    assert all("what you can do for your country" in r["text"].lower() for r in replies), replies
+    after_sum, after_count = batch_totals()
+    assert after_sum - before_sum == 6  # every request went through the worker once
+    assert after_count - before_count < 6  # and some of them together
