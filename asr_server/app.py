@@ -39,6 +39,7 @@ def engine_settings(config: Config) -> EngineSettings:
         threads=config.torch_threads,
         beam_size=config.beam_size,
         vad=config.vad,
+        quantize=config.quantize,
     )
 
 

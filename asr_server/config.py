@@ -50,6 +50,7 @@ class Config:
     beam_size: int = 5
     threads: int = 0  # 0: one per core
     vad: bool = True
+    quantize: str = "none"  # none | int8 (CPU only)
     max_queue: int = 32
     max_batch: int = 8
     queue_deadline_s: float = 300.0
@@ -105,6 +106,8 @@ class Config:
             threads=reader.get("ASR_THREADS", int, defaults.threads, lambda v: 0 <= v <= 1024,
                                "must be 0 (one per core) .. 1024"),
             vad=reader.boolean("ASR_VAD", defaults.vad),
+            quantize=reader.get("ASR_QUANTIZE", str.lower, defaults.quantize, lambda v: v in ("none", "int8"),
+                                "must be none or int8"),
             max_queue=reader.get("ASR_MAX_QUEUE", int, defaults.max_queue, lambda v: v >= 1,
                                  "must be at least 1"),
             max_batch=reader.get("ASR_MAX_BATCH", int, defaults.max_batch, lambda v: 1 <= v <= 256,

@@ -14,6 +14,7 @@ import logging
 import re
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -56,6 +57,7 @@ class EngineSettings:
     threads: int
     beam_size: int  # 1: greedy
     vad: bool = True
+    quantize: str = "none"  # none | int8: dynamic int8 Linear layers, CPU only
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -118,6 +120,29 @@ def load_model(path: Path, device: torch.device) -> SupportedLanguagesWhisper:
     return cast(SupportedLanguagesWhisper, model.to(device).eval())
 
 
+def quantize_int8(model: SupportedLanguagesWhisper) -> SupportedLanguagesWhisper:
+    """Dynamic int8 quantisation of every Linear layer (weights int8, activations quantised per call).
+
+    whisper's own Linear subclass only casts weights to the input's dtype, a no-op in
+    float32, so it is swapped for torch's plain Linear, which the quantiser knows.
+    """
+    def plain(module: torch.nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, whisper.model.Linear):
+                linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+                linear.load_state_dict(child.state_dict())
+                setattr(module, name, linear)
+            else:
+                plain(child)
+
+    plain(model)
+    with warnings.catch_warnings():  # torch.ao's eager quantisation warns that it moves to torchao
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+            model, {torch.nn.Linear}, dtype=torch.qint8)
+    return cast(SupportedLanguagesWhisper, quantized)
+
+
 class Engine:
     """One Whisper model and one VAD, owned by the worker thread."""
 
@@ -128,6 +153,10 @@ class Engine:
         self.fp16 = self.device.type == "cuda"
         started = time.monotonic()
         self.model = load_model(settings.model_path, self.device)
+        if settings.quantize == "int8":
+            if self.device.type != "cpu":
+                raise RuntimeError("ASR_QUANTIZE=int8 is for the CPU; on CUDA the model runs in float16")
+            self.model = quantize_int8(self.model)
         self.vad = SpeechDetector() if settings.vad else None
         torch.set_num_threads(settings.threads)
         self.load_seconds = time.monotonic() - started
@@ -136,6 +165,8 @@ class Engine:
 
     @property
     def dtype_name(self) -> str:
+        if self.settings.quantize == "int8":
+            return "int8"
         return "float16" if self.fp16 else "float32"
 
     def warm_up(self) -> None:

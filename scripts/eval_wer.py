@@ -29,9 +29,10 @@ from asr_server.testing import (
 )
 
 
-def run_server(clips: list[Clip], beam: int) -> list[str]:
+def run_server(clips: list[Clip], beam: int, quantize: str = "none") -> list[str]:
     texts = []
-    with ServerProcess(env={"ASR_BEAM_SIZE": str(beam), "SERVER_API_KEY": ""}) as server:
+    env = {"ASR_BEAM_SIZE": str(beam), "SERVER_API_KEY": "", "ASR_QUANTIZE": quantize}
+    with ServerProcess(env=env) as server:
         for clip in clips:
             reply = transcribe(server.url, clip.path.read_bytes(), language=clip.lang)
             texts.append(reply["text"])
@@ -51,8 +52,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--beams", type=int, nargs="+", default=[5, 1])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "accuracy.md")
+    parser.add_argument("--int8-only", action="store_true",
+                        help="measure only the WER cost of ASR_QUANTIZE=int8 (greedy) and add it to --out")
     args = parser.parse_args()
     clips = load_manifest()
+    if args.int8_only:
+        return int8_cost(clips, args.out)
     by_lang: dict[str, list[int]] = defaultdict(list)
     for i, clip in enumerate(clips):
         by_lang[clip.lang].append(i)
@@ -93,6 +98,27 @@ def main() -> int:
               "window falls back to sampling (temperature > 0), which is random on both sides."]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
+    return 0
+
+
+def int8_cost(clips: list[Clip], out: Path) -> int:
+    """Greedy WER per language with float32 and with ASR_QUANTIZE=int8, both through the server."""
+    langs = sorted({c.lang for c in clips})
+    float32, int8 = run_server(clips, 1), run_server(clips, 1, "int8")
+    lines = ["", "## The WER cost of `ASR_QUANTIZE=int8` (CPU)", "",
+             f"Command: `.venv/bin/python scripts/eval_wer.py --int8-only`, greedy, the same {len(clips)} clips,",
+             "both through the server.", "",
+             "| language | float32 WER | int8 WER | int8 − float32 |", "|---|---|---|---|"]
+    for lang in langs:
+        idx = [i for i, c in enumerate(clips) if c.lang == lang]
+        refs = [clips[i].text for i in idx]
+        a, b = wer(refs, [float32[i] for i in idx], lang), wer(refs, [int8[i] for i in idx], lang)
+        lines.append(f"| {lang} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
+        print(f"{lang}: float32 {a:.2f} int8 {b:.2f}", flush=True)
+    text = out.read_text()
+    if "## The WER cost of" in text:
+        text = text[: text.index("\n## The WER cost of")] + "\n"
+    out.write_text(text + "\n".join(lines) + "\n")
     return 0
 
 

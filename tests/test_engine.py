@@ -79,3 +79,15 @@ def test_engine_gates_on_the_vad() -> None:
     engine = Engine(EngineSettings(Config().model_path, "cpu", threads=2, beam_size=1))
     silent = engine.transcribe(np.zeros(16_000 * 5, dtype=np.float32), TranscribeOptions(None, "transcribe"))
     assert silent.text == "" and silent.segments == () and silent.language == ""
+
+
+def test_int8_quantisation_on_the_cpu() -> None:
+    engine = Engine(EngineSettings(Config().model_path, "cpu", threads=2, beam_size=1, quantize="int8"))
+    assert engine.dtype_name == "int8"
+    quantized = torch.ao.nn.quantized.dynamic.Linear
+    assert isinstance(engine.model.decoder.blocks[0].mlp[0], quantized)
+    assert isinstance(engine.model.encoder.blocks[0].attn.query, quantized)
+    clip = next(c for c in load_manifest() if "jfk" in c.path.name)
+    samples = decode_wav(clip.path.read_bytes(), 60).samples
+    result = engine.transcribe(samples, TranscribeOptions("en", "transcribe"))
+    assert "ask not what your country can do for you" in result.text.lower()
