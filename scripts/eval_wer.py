@@ -106,8 +106,8 @@ def int8_cost(clips: list[Clip], out: Path) -> int:
     langs = sorted({c.lang for c in clips})
     float32, int8 = run_server(clips, 1), run_server(clips, 1, "int8")
     lines = ["", "## The WER cost of `ASR_QUANTIZE=int8` (CPU)", "",
-             f"Command: `.venv/bin/python scripts/eval_wer.py --int8-only`, greedy, the same {len(clips)} clips,",
-             "both through the server.", "",
+             "Command: `.venv/bin/python scripts/eval_wer.py --int8-only`: greedy, the same "
+             f"{len(clips)} clips, both through the server.", "",
              "| language | float32 WER | int8 WER | int8 − float32 |", "|---|---|---|---|"]
     for lang in langs:
         idx = [i for i, c in enumerate(clips) if c.lang == lang]
