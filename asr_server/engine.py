@@ -170,16 +170,18 @@ class Engine:
         return "float16" if self.fp16 else "float32"
 
     def warm_up(self) -> None:
-        """One short pass so the first request does not pay for lazy initialisation."""
-        self.transcribe(np.zeros(16_000, dtype=np.float32), TranscribeOptions("en", "transcribe"),
-                        gate=False)
+        """One short pass of each model so the first request does not pay for lazy initialisation."""
+        silence = np.zeros(16_000, dtype=np.float32)
+        if self.vad:
+            self.vad.speech_regions(silence)
+        self._transcribe(silence, TranscribeOptions("en", "transcribe"), None)
 
-    def transcribe(self, samples: np.ndarray, options: TranscribeOptions, gate: bool = True) -> Transcription:
-        """One request on its own."""
-        regions = self.vad.speech_regions(samples) if (self.vad and gate) else None
-        if regions is not None and not regions:
-            return self._no_speech(samples, options)
-        return self._transcribe(samples, options, regions)
+    def transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> Transcription:
+        """One request on its own: a batch of one."""
+        result = self.transcribe_batch([(samples, options)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def transcribe_batch(
         self, items: list[tuple[np.ndarray, TranscribeOptions]]

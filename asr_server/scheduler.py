@@ -67,7 +67,7 @@ class Scheduler:
         self._load = load
         self._max_batch = max_batch
         self._deadline_s = deadline_s
-        self._observe_batch = observe_batch  # called from the worker thread with each model call's size
+        self._observe_batch = observe_batch  # called from the worker thread with each batch's size
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self._ready = threading.Event()
         self._stopping = False
