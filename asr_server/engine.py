@@ -3,7 +3,9 @@
 openai-whisper does the decoding (``whisper.transcribe``: 30 s windows,
 temperature fallback, no-speech handling, timestamps). This module adds what
 a server needs around it: an explicit device and dtype, language detection
-restricted to the supported languages, and the VAD gate. Not thread-safe:
+restricted to the supported languages, the VAD gate, and batches of requests
+whose decode calls meet (batching.py) and run on the grouped-cache decoder
+(inference.py). Not thread-safe:
 only the scheduler's worker thread calls ``transcribe``.
 """
 
@@ -12,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -23,11 +25,11 @@ import numpy as np
 import torch
 import whisper
 from whisper.decoding import DecodingOptions, DecodingResult, detect_language
-from whisper.decoding import decode as decode_function
 from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE, Tokenizer, get_tokenizer
 
 from asr_server.batching import DecodeRendezvous, current_rendezvous
+from asr_server.inference import decode as decode_function
 from asr_server.protocol import SUPPORTED_LANGUAGES, Segment, TranscribeOptions, Transcription
 from asr_server.vad import SpeechDetector, SpeechRegion, overlaps_speech
 
@@ -159,6 +161,8 @@ class Engine:
             self.model = quantize_int8(self.model)
         self.vad = SpeechDetector() if settings.vad else None
         torch.set_num_threads(settings.threads)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
         self.load_seconds = time.monotonic() - started
         log.info("model %s loaded on %s (%s) in %.1f s", settings.model_path.name, self.device,
                  "float16" if self.fp16 else "float32", self.load_seconds)
@@ -207,13 +211,18 @@ class Engine:
             def run(i: int, regions: list[SpeechRegion] | None) -> None:
                 results[i] = rendezvous.run(lambda: self._guarded(items[i][0], items[i][1], regions))
 
-            threads = [threading.Thread(target=run, args=entry, name=f"asr-batch-{entry[0]}")
-                       for entry in speech]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            # Every participant must run at once (the rendezvous waits for all of them).
+            for future in [self._participants(len(speech)).submit(run, *entry) for entry in speech]:
+                future.result()
         return [r if r is not None else RuntimeError("no result") for r in results]
+
+    def _participants(self, count: int) -> ThreadPoolExecutor:
+        """Long-lived threads for a batch's requests: their allocator arenas and OpenMP teams are reused."""
+        if self._pool is None or self._pool_size < count:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool, self._pool_size = ThreadPoolExecutor(count, thread_name_prefix="asr-batch"), count
+        return self._pool
 
     def _guarded(self, samples: np.ndarray, options: TranscribeOptions,
                  regions: list[SpeechRegion] | None) -> Transcription | Exception:
@@ -224,7 +233,8 @@ class Engine:
 
     def _decode_batch(self, mel: torch.Tensor, options: DecodingOptions) -> list[DecodingResult]:
         with torch.inference_mode():
-            results: list[DecodingResult] = decode_function(self.model, mel, options)
+            results = decode_function(self.model, mel, options)
+        assert isinstance(results, list)
         return results
 
     def _no_speech(self, samples: np.ndarray, options: TranscribeOptions) -> Transcription:

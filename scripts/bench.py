@@ -8,6 +8,10 @@ server), and faster-whisper (CTranslate2, same weights) int8 and float32 in
 process one at a time, and float32/int8 at the highest concurrency through
 its own workers. Writes docs/benchmarks.md.
 
+Every server reply is checked: an error frame or an empty text stops the
+run, so a fast failure can never pass for speed. Then peak RSS of the server
+with 16 concurrent 30 s clips, at several ASR_MAX_BATCH settings.
+
 Run: .venv/bin/python scripts/bench.py            (greedy and beam 5, short clips)
 """
 
@@ -19,6 +23,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 OMP_POLICY = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
 
 from asr_server.audio import decode_wav  # noqa: E402
 from asr_server.config import Config  # noqa: E402
@@ -97,18 +103,28 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def checked_transcribe(url: str, clip: Clip) -> str:
+    """One request; anything but a transcript stops the benchmark."""
+    reply = transcribe(url, clip.path.read_bytes(), language=clip.lang)
+    if "error" in reply or not reply.get("text"):
+        raise RuntimeError(f"{clip.path.name}: the server answered {reply}")
+    return str(reply["text"])
+
+
+def server_env(beam: int, max_batch: int) -> dict[str, str]:
+    return {"ASR_BEAM_SIZE": str(beam), "SERVER_API_KEY": "", "ASR_MAX_QUEUE": "256",
+            "OMP_WAIT_POLICY": OMP_POLICY, "ASR_MAX_BATCH": str(max_batch)}
+
+
 def bench_server(clips: list[Clip], beam: int, levels: Iterable[int], decoding: str,
                  max_batch: int = 8) -> list[Run]:
     runs = []
     audio = sum(c.duration for c in clips)
-    env = {"ASR_BEAM_SIZE": str(beam), "SERVER_API_KEY": "", "ASR_MAX_QUEUE": "256",
-           "OMP_WAIT_POLICY": OMP_POLICY, "ASR_MAX_BATCH": str(max_batch)}
     name = "asr-server" if max_batch > 1 else "asr-server ASR_MAX_BATCH=1"
-    with ServerProcess(env=env) as server:
-        transcribe(server.url, clips[0].path.read_bytes(), language=clips[0].lang)  # warm
+    with ServerProcess(env=server_env(beam, max_batch)) as server:
+        checked_transcribe(server.url, clips[0])  # warm
         for level in levels:
-            latencies, wall = timed(lambda c: transcribe(server.url, c.path.read_bytes(), language=c.lang),
-                                    clips, level)
+            latencies, wall = timed(lambda c: checked_transcribe(server.url, c), clips, level)
             assert server.proc is not None
             rss = peak_rss_mb(server.proc.pid)
             runs.append(Run(name, decoding, level, tuple(latencies), audio, wall, rss))
@@ -126,6 +142,71 @@ def bench_openai(clips: list[Clip], beam: int, decoding: str) -> Run:
     latencies, wall = timed(lambda c: reference_transcribe(model, samples[c.path], c.lang, beam), clips, 1)
     return Run("openai-whisper transcribe() in-process", decoding, 1, tuple(latencies),
                sum(c.duration for c in clips), wall)
+
+
+def bench_engine(clips: list[Clip], beam: int, decoding: str) -> Run:
+    """The server's own engine in-process: what the server costs on top of it is its overhead."""
+    import torch
+
+    from asr_server.engine import Engine, EngineSettings
+    from asr_server.protocol import TranscribeOptions
+
+    engine = Engine(EngineSettings(Config().model_path, "cpu", THREADS, beam))
+    samples = {c.path: decode_wav(c.path.read_bytes(), 1e9).samples for c in clips}
+    engine.warm_up()
+
+    def work(clip: Clip) -> str:
+        return engine.transcribe(samples[clip.path], TranscribeOptions(clip.lang, "transcribe")).text
+
+    latencies, wall = timed(work, clips, 1)
+    torch.set_num_threads(THREADS)
+    return Run("asr-server engine in-process", decoding, 1, tuple(latencies),
+               sum(c.duration for c in clips), wall)
+
+
+def thirty_second_clips(directory: Path, count: int) -> list[Clip]:
+    """``count`` 30 s clips cut from the long English recordings (the server's worst case per window)."""
+    sources = [c for c in load_manifest(for_wer=False) if c.kind == "long" and c.lang == "en"]
+    pieces: list[Clip] = []
+    for source in sources:
+        samples, rate = sf.read(source.path, dtype="int16")
+        window = 30 * rate
+        for start in range(0, len(samples) - window + 1, window):
+            path = directory / f"{source.path.stem}_{start // rate}s.wav"
+            sf.write(path, samples[start:start + window], rate, subtype="PCM_16")
+            pieces.append(Clip(path, source.lang, "", 30.0, "short", {}))
+    if not pieces:
+        raise RuntimeError("no long English recording to cut 30 s clips from")
+    return [pieces[i % len(pieces)] for i in range(count)]
+
+
+@dataclass(frozen=True)
+class MemoryRun:
+    max_batch: int
+    idle_rss_mb: float
+    peak_rss_mb: float
+    wall_s: float
+
+
+def bench_memory(clips: list[Clip], beam: int, batches: Iterable[int]) -> list[MemoryRun]:
+    """Peak RSS of the server while ``len(clips)`` clients send 30 s clips at once."""
+    runs = []
+    for max_batch in batches:
+        with ServerProcess(env=server_env(beam, max_batch)) as server:
+            assert server.proc is not None
+            checked_transcribe(server.url, clips[0])  # warm: allocator pools as in steady state
+            idle = current_rss_mb(server.proc.pid)
+            _, wall = timed(lambda c: checked_transcribe(server.url, c), clips, len(clips))
+            runs.append(MemoryRun(max_batch, idle, peak_rss_mb(server.proc.pid), wall))
+            print(f"  memory, ASR_MAX_BATCH={max_batch}: peak {runs[-1].peak_rss_mb:.0f} MB", flush=True)
+    return runs
+
+
+def current_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def bench_faster_whisper(clips: list[Clip], beam: int, decoding: str, compute_type: str,
@@ -164,6 +245,8 @@ def main() -> int:
     parser.add_argument("--decoding", choices=("greedy", "beam5", "both"), default="both")
     parser.add_argument("--clips", type=int, default=0, help="use the first N short clips (0: all)")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--memory-batches", type=int, nargs="*", default=[1, 4, 8],
+                        help="ASR_MAX_BATCH settings for the 16 x 30 s memory runs (none: skip them)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = parser.parse_args()
     clips = [c for c in load_manifest() if c.kind == "short"]
@@ -178,14 +261,20 @@ def main() -> int:
         if max(args.levels) > 1:  # the same server without batching, at the highest concurrency
             runs += bench_server(clips, beam, [max(args.levels)], decoding, max_batch=1)
         runs.append(bench_openai(clips, beam, decoding))
+        runs.append(bench_engine(clips, beam, decoding))
         for compute_type in ("float32", "int8"):
             runs.append(bench_faster_whisper(clips, beam, decoding, compute_type, 1))
         top = max(args.levels)
         if top > 1:
             for compute_type in ("float32", "int8"):
                 runs.append(bench_faster_whisper(clips, beam, decoding, compute_type, top))
-        print("\n".join(table(runs[-(len(args.levels) + 3 + (3 if top > 1 else 0)):])), flush=True)
-    write(args, clips, runs)
+        print("\n".join(table(runs[-(len(args.levels) + 4 + (3 if top > 1 else 0)):])), flush=True)
+    memory: list[MemoryRun] = []
+    if args.memory_batches:
+        with tempfile.TemporaryDirectory() as scratch:
+            long_clips = thirty_second_clips(Path(scratch), 16)
+            memory = bench_memory(long_clips, 5, args.memory_batches)
+    write(args, clips, runs, memory)
     return 0
 
 
@@ -204,13 +293,31 @@ def ratio(runs: list[Run], name: str, decoding: str, clients: int, other: str) -
         return next((r for r in runs if r.name.startswith(prefix) and r.decoding == decoding
                      and r.concurrency == clients), None)
 
-    ours, theirs = find(name), find(other)
+    ours = next((r for r in runs if r.name == name and r.decoding == decoding and r.concurrency == clients),
+                None)
+    theirs = find(other)
     if not ours or not theirs:
         return "not measured"
     return f"{statistics.mean(ours.latencies) / statistics.mean(theirs.latencies):.2f}x"
 
 
-def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run]) -> None:
+def memory_table(memory: list[MemoryRun]) -> list[str]:
+    if not memory:
+        return []
+    return [
+        "## Memory: 16 clients sending 30 s clips at once",
+        "",
+        "The default decoding (beam 5) on 16 clips of 30 s cut from the long English recordings, all",
+        "sent at once; RSS of the server process after one warm-up request, and its peak (VmHWM).",
+        "",
+        "| ASR_MAX_BATCH | RSS after warm-up MB | peak RSS MB | wall s |",
+        "|---|---|---|---|",
+        *(f"| {m.max_batch} | {m.idle_rss_mb:.0f} | {m.peak_rss_mb:.0f} | {m.wall_s:.1f} |" for m in memory),
+        "",
+    ]
+
+
+def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: list[MemoryRun]) -> None:
     import ctranslate2
     import faster_whisper
     import torch
@@ -247,17 +354,23 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run]) -> None:
         "",
         "Mean latency, ours / theirs (lower is better for us):",
         "",
-        f"- server overhead, greedy: server x1 / openai-whisper in-process = "
-        f"{ratio(runs, 'asr-server', 'greedy', 1, 'openai-whisper')}",
-        f"- server overhead, beam 5: server x1 / openai-whisper in-process = "
+        f"- server x1 / openai-whisper transcribe() in-process (the naive server), greedy: "
+        f"{ratio(runs, 'asr-server', 'greedy', 1, 'openai-whisper')}; beam 5: "
         f"{ratio(runs, 'asr-server', 'beam 5', 1, 'openai-whisper')}",
+        f"- server overhead, server x1 / its own engine in-process, greedy: "
+        f"{ratio(runs, 'asr-server', 'greedy', 1, 'asr-server engine')}; beam 5: "
+        f"{ratio(runs, 'asr-server', 'beam 5', 1, 'asr-server engine')}",
         f"- beam 5 vs faster-whisper float32 beam 5: "
         f"{ratio(runs, 'asr-server', 'beam 5', 1, 'faster-whisper float32')}",
         "- greedy vs faster-whisper int8 greedy: "
         f"{ratio(runs, 'asr-server', 'greedy', 1, 'faster-whisper int8')}",
         "",
+        *memory_table(memory),
     ]
-    args.out.write_text("\n".join(lines) + "\n")
+    marker = "\n## Reading these numbers"
+    previous = args.out.read_text() if args.out.exists() else ""
+    kept = previous[previous.index(marker):] if marker in previous else ""  # hand-written, kept
+    args.out.write_text("\n".join(lines) + "\n" + kept)
     print(f"wrote {args.out}")
 
 

@@ -37,6 +37,18 @@ def test_batched_text_equals_unbatched(engine: Engine) -> None:
         assert many.segments == one.segments and many.language == one.language
 
 
+def test_beam_search_batches_too() -> None:
+    """Default decoding (beam 5) in a batch: each request gets its own result, not an error."""
+    beam = Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(), beam_size=5))
+    clips = [c for c in load_manifest() if c.kind == "short"][1::7][:4]
+    items = [(decode_wav(c.path.read_bytes(), 1e9).samples, TranscribeOptions(c.lang, "transcribe"))
+             for c in clips]
+    batched = beam.transcribe_batch(items)
+    for (samples, options), result in zip(items, batched, strict=True):
+        assert not isinstance(result, Exception), result
+        assert result.text and result.text == beam.transcribe(samples, options).text
+
+
 def test_mixed_languages_and_detection_in_one_batch(engine: Engine) -> None:
     clips = {c.lang: c for c in load_manifest() if c.kind == "short"}
     items = [(decode_wav(clips[lang].path.read_bytes(), 1e9).samples, TranscribeOptions(given, task))

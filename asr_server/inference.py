@@ -1,0 +1,204 @@
+"""The decoder's step-by-step forward pass, with caches laid out so that no step copies the audio.
+
+openai-whisper's own ``PyTorchInference`` caches the cross-attention keys and
+values as (batch, frames, state) and permutes them into heads on every step.
+On the CPU a one-token query then sends attention down torch's math path,
+which makes both 1500-frame tensors contiguous again on every step and every
+layer: for beam search that copy was half the time of a decode. It also
+keeps a copy of the audio per beam, and its batched beam search fails
+outright (a batch of audio against a batch of beams).
+
+Here the cross-attention keys are computed once per audio, already split into
+heads and transposed, and the beams of one audio attend to them together as
+one query block (cross-attention has no mask, so the rows are independent).
+Every sequence of a group starts from the same prompt, so the prompt is
+read once per audio and its caches copied to the group; and the vocabulary
+projection is made only for the positions whisper's loop reads.
+Self-attention keys and values live in buffers that grow by doubling.
+``decode`` is whisper's ``decode`` with this inference plugged into whisper's
+own ``DecodingTask``: the search, the logit filters and the fallback
+heuristics stay whisper's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from whisper.decoding import BeamSearchDecoder, DecodingOptions, DecodingResult, DecodingTask, Inference
+from whisper.model import MultiHeadAttention, TextDecoder, Whisper
+
+_FIRST_CAPACITY = 32
+
+
+class ProjectedLogits:
+    """The decoder's logits, projected onto the vocabulary only at the positions that are read.
+
+    whisper's decoding loop reads the logits of the last position on every
+    step, and of the start-of-transcript position once. Projecting every
+    position of a long prompt would allocate (sequences x tokens x 51865)
+    floats for nothing: hundreds of MB per batch.
+    """
+
+    def __init__(self, hidden: Tensor, embedding: Tensor, repeat: int) -> None:
+        self.hidden = hidden  # (rows, tokens, state), after the final layer norm
+        self.embedding = embedding
+        self.repeat = repeat  # each row stands for this many identical sequences
+
+    @property
+    def shape(self) -> torch.Size:
+        rows, tokens = self.hidden.shape[:2]
+        return torch.Size((rows * self.repeat, tokens, self.embedding.shape[0]))
+
+    def __getitem__(self, key: tuple[slice, int]) -> Tensor:
+        rows, position = key
+        if rows != slice(None) or not isinstance(position, int):
+            raise IndexError("only logits[:, position] is computed")
+        x = self.hidden[:, position]
+        logits = (x @ self.embedding.to(x.dtype).T).float()
+        return logits.repeat_interleave(self.repeat, dim=0) if self.repeat > 1 else logits
+
+
+class GroupedCacheInference(Inference):  # type: ignore[misc]
+    """Decoder forward passes for one decode call of ``n_audio`` audios times ``group`` sequences."""
+
+    def __init__(self, model: Whisper, group: int) -> None:
+        self.decoder: TextDecoder = model.decoder
+        self.group = group
+        self.length = 0  # tokens already in the self-attention cache
+        self.cross: list[tuple[Tensor, Tensor]] = []  # per block: keys (A, h, d, T), values (A, h, T, d)
+        self.keys: list[Tensor] = []  # per block: (rows, h, capacity, d)
+        self.values: list[Tensor] = []
+
+    def logits(self, tokens: Tensor, audio_features: Tensor) -> ProjectedLogits:
+        repeat = 1
+        if not self.cross:
+            self._start(tokens.shape[0] // self.group, audio_features)
+            unique = tokens[:: self.group]
+            if self.group > 1 and torch.equal(unique.repeat_interleave(self.group, dim=0), tokens):
+                # Every sequence of a group starts from the same prompt: read it once per audio.
+                tokens, repeat = unique, self.group
+        hidden = self._forward(tokens[:, self.length:], self.group // repeat)
+        if repeat > 1:
+            self._repeat_rows(repeat)
+        return ProjectedLogits(hidden, self.decoder.token_embedding.weight, repeat)
+
+    def rearrange_kv_cache(self, source_indices: list[int]) -> None:
+        if source_indices == list(range(len(source_indices))):
+            return
+        if any(source // self.group != target // self.group for target, source in enumerate(source_indices)):
+            raise ValueError("a sequence moved to another audio's group")  # the cross cache is per audio
+        index = torch.tensor(source_indices, device=self.keys[0].device)
+        for cache in (*self.keys, *self.values):
+            cache[:, :, : self.length] = cache[:, :, : self.length].index_select(0, index)
+
+    def cleanup_caching(self) -> None:
+        self.cross, self.keys, self.values, self.length = [], [], [], 0
+
+    def _forward(self, new: Tensor, group: int) -> Tensor:
+        """Run ``new`` tokens of every row through the decoder; the hidden states after its layer norm."""
+        end = self.length + new.shape[1]
+        self._reserve(new.shape[0], end)
+        dec = self.decoder
+        dtype = self.cross[0][0].dtype
+        x = (dec.token_embedding(new) + dec.positional_embedding[self.length:end]).to(dtype)
+        for layer, block in enumerate(dec.blocks):
+            x = x + self._self_attention(block.attn, block.attn_ln(x), layer, end)
+            x = x + self._cross_attention(block.cross_attn, block.cross_attn_ln(x), layer, group)
+            x = x + block.mlp(block.mlp_ln(x))
+        self.length = end
+        return dec.ln(x)  # type: ignore[no-any-return]
+
+    def _start(self, n_audio: int, audio_features: Tensor) -> None:
+        if audio_features.shape[0] != n_audio:  # one row per sequence: keep one per audio
+            audio_features = audio_features[:: self.group]
+        frames = audio_features.shape[1]
+        for block in self.decoder.blocks:
+            attn = block.cross_attn
+            heads = attn.n_head
+            keys = attn.key(audio_features).view(n_audio, frames, heads, -1)
+            values = attn.value(audio_features).view(n_audio, frames, heads, -1)
+            self.cross.append((keys.permute(0, 2, 3, 1).contiguous(), values.transpose(1, 2).contiguous()))
+            self.keys.append(audio_features.new_empty((0, heads, 0, keys.shape[-1])))
+            self.values.append(audio_features.new_empty((0, heads, 0, keys.shape[-1])))
+
+    def _reserve(self, rows: int, length: int) -> None:
+        """Make every self-attention cache hold ``rows`` x ``length``; capacity grows by doubling."""
+        capacity = self.keys[0].shape[2]
+        if length <= capacity and rows == self.keys[0].shape[0]:
+            return
+        capacity = max(capacity, _FIRST_CAPACITY)
+        while capacity < length:
+            capacity *= 2
+        for caches in (self.keys, self.values):
+            for i, old in enumerate(caches):
+                grown = old.new_empty((rows, old.shape[1], capacity, old.shape[3]))
+                if self.length:  # rows change only before the first token is cached
+                    grown[:, :, : self.length] = old[:, :, : self.length]
+                caches[i] = grown
+
+    def _repeat_rows(self, repeat: int) -> None:
+        for caches in (self.keys, self.values):
+            for i, cache in enumerate(caches):
+                caches[i] = cache.repeat_interleave(repeat, dim=0)
+
+    def _self_attention(self, attn: MultiHeadAttention, x: Tensor, layer: int, end: int) -> Tensor:
+        batch, n_new, state = x.shape
+        heads = attn.n_head
+        q = attn.query(x).view(batch, n_new, heads, -1).transpose(1, 2)
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, :, self.length:end] = attn.key(x).view(batch, n_new, heads, -1).transpose(1, 2)
+        values[:, :, self.length:end] = attn.value(x).view(batch, n_new, heads, -1).transpose(1, 2)
+        scores = ((q * q.shape[-1] ** -0.5) @ keys[:, :, :end].transpose(-1, -2)).float()
+        if n_new > 1:
+            scores = scores + self.decoder.mask[self.length:end, :end]
+        weights = F.softmax(scores, dim=-1).to(x.dtype)
+        out = (weights @ values[:, :, :end]).transpose(1, 2).reshape(batch, n_new, state)
+        return attn.out(out)  # type: ignore[no-any-return]
+
+    def _cross_attention(self, attn: MultiHeadAttention, x: Tensor, layer: int, group: int) -> Tensor:
+        batch, n_new, state = x.shape
+        keys, values = self.cross[layer]
+        n_audio, heads = keys.shape[:2]
+        # The sequences of one audio share its keys: their queries form one block per audio.
+        q = attn.query(x).view(n_audio, group * n_new, heads, -1).transpose(1, 2)
+        scores = ((q * q.shape[-1] ** -0.5) @ keys).float()
+        weights = F.softmax(scores, dim=-1).to(x.dtype)
+        out = (weights @ values).transpose(1, 2).reshape(batch, n_new, state)
+        return attn.out(out)  # type: ignore[no-any-return]
+
+
+class GroupedDecodingTask(DecodingTask):  # type: ignore[misc]
+    """whisper's DecodingTask with ``GroupedCacheInference``, and batched beam search made whole."""
+
+    def __init__(self, model: Whisper, options: DecodingOptions) -> None:
+        super().__init__(model, options)
+        self.inference = GroupedCacheInference(model, self.n_group)
+        if isinstance(self.decoder, BeamSearchDecoder):
+            self.decoder.inference = self.inference
+
+    def _get_audio_features(self, mel: Tensor) -> Any:
+        features = super()._get_audio_features(mel)
+        if isinstance(features, Tensor) and features.shape[0] > 1 and self.n_group > 1:
+            # run() expects a row per sequence and keeps every n_group-th one for its results.
+            # Only those rows are written: the others' pages are never touched, so cost no memory.
+            rows = features.new_empty((features.shape[0] * self.n_group, *features.shape[1:]))
+            rows[:: self.n_group] = features
+            features = rows
+        return features
+
+    def _detect_language(self, audio_features: Tensor, tokens: Tensor) -> Any:
+        if audio_features.shape[0] != tokens.shape[0]:
+            audio_features = audio_features[:: self.n_group]
+        return super()._detect_language(audio_features, tokens)
+
+
+def decode(model: Whisper, mel: Tensor, options: DecodingOptions) -> DecodingResult | list[DecodingResult]:
+    """whisper.decoding.decode, on the grouped caches: one window (n_mels, frames) or a batch."""
+    single = mel.ndim == 2
+    with torch.no_grad():
+        results: list[DecodingResult] = GroupedDecodingTask(model, options).run(
+            mel.unsqueeze(0) if single else mel)
+    return results[0] if single else results

@@ -1,0 +1,89 @@
+"""The grouped-cache decoder gives whisper's own tokens, greedy and beam, float32 and float16, batched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import whisper
+from whisper.decoding import DecodingOptions, DecodingResult
+from whisper.decoding import decode as whisper_decode
+
+from asr_server.audio import decode_wav
+from asr_server.config import Config
+from asr_server.engine import load_model
+from asr_server.inference import GroupedCacheInference, decode
+from asr_server.testing import Clip, load_manifest
+
+
+@pytest.fixture(scope="module")
+def model() -> whisper.model.Whisper:
+    return load_model(Config().model_path, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[tuple[Clip, torch.Tensor]]:
+    chosen = [c for c in load_manifest() if c.kind == "short"][::9][:6]
+    return [(c, mel_of(c)) for c in chosen]
+
+
+def mel_of(clip: Clip) -> torch.Tensor:
+    samples = torch.from_numpy(decode_wav(clip.path.read_bytes(), 1e9).samples)
+    return whisper.log_mel_spectrogram(whisper.pad_or_trim(samples))
+
+
+def single(result: DecodingResult | list[DecodingResult]) -> DecodingResult:
+    assert isinstance(result, DecodingResult)
+    return result
+
+
+@pytest.mark.parametrize("beam_size", [None, 5])
+def test_same_tokens_as_whisper(model: whisper.model.Whisper, clips: list[tuple[Clip, torch.Tensor]],
+                                beam_size: int | None) -> None:
+    assert len({c.lang for c, _ in clips}) >= 3
+    for clip, mel in clips:
+        options = DecodingOptions(language=clip.lang, beam_size=beam_size, fp16=False)
+        with torch.inference_mode():
+            ours, theirs = single(decode(model, mel, options)), single(whisper_decode(model, mel, options))
+        assert ours.tokens == theirs.tokens, clip.path.name
+        assert ours.avg_logprob == pytest.approx(theirs.avg_logprob, abs=1e-4)
+        assert ours.no_speech_prob == pytest.approx(theirs.no_speech_prob, abs=1e-4)
+
+
+def test_float16_and_a_prompt_past_the_first_cache_capacity(model: whisper.model.Whisper) -> None:
+    """The dtype a CUDA run uses, checked on the CPU; a 60-token prompt makes the caches grow."""
+    clip = next(c for c in load_manifest() if c.path.name == "en_whisper_jfk.wav")
+    mel = mel_of(clip)
+    prompt = "Ladies and gentlemen, the President of the United States, speaking at the inauguration. " * 3
+    for fp16 in (True, False):
+        options = DecodingOptions(language="en", fp16=fp16, prompt=prompt, beam_size=2)
+        with torch.inference_mode():
+            ours, theirs = single(decode(model, mel, options)), single(whisper_decode(model, mel, options))
+        assert ours.audio_features.dtype == (torch.float16 if fp16 else torch.float32)
+        assert ours.tokens == theirs.tokens
+        assert "your country" in ours.text
+
+
+def test_batched_beam_search(model: whisper.model.Whisper, clips: list[tuple[Clip, torch.Tensor]]) -> None:
+    """whisper 20250625's own batched beam search fails; ours gives each clip its unbatched result."""
+    mels = torch.stack([mel for _, mel in clips])
+    options = DecodingOptions(beam_size=5, fp16=False)  # languages detected per clip, too
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError):
+            whisper_decode(model, mels, options)
+        batched = decode(model, mels, options)
+        assert isinstance(batched, list)
+        for (clip, mel), result in zip(clips, batched, strict=True):
+            alone = single(decode(model, mel, options))
+            assert result.language == clip.lang == alone.language
+            assert result.tokens == alone.tokens, clip.path.name
+            assert result.audio_features.shape == alone.audio_features.shape
+
+
+def test_a_beam_cannot_cross_into_another_audio(model: whisper.model.Whisper) -> None:
+    inference = GroupedCacheInference(model, group=2)
+    features = torch.zeros(2, model.dims.n_audio_ctx, model.dims.n_audio_state)
+    with torch.inference_mode():
+        inference.logits(torch.tensor([[50258, 50259]] * 4), features)
+        inference.rearrange_kv_cache([1, 0, 3, 3])  # within each audio's pair: fine
+        with pytest.raises(ValueError, match="another audio"):
+            inference.rearrange_kv_cache([0, 2, 2, 3])
