@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_LOAD_FAILED = 1
 EXIT_WORKER_DIED = 70  # EX_SOFTWARE
+WATCH_INTERVAL_S = 0.25  # how often the worker is checked and the event loop's lag measured
 
 
 def engine_settings(config: Config) -> EngineSettings:
@@ -113,9 +114,12 @@ async def run(config: Config) -> int:
 
     code = EXIT_OK
     while not stop.is_set():
+        woke_at = loop.time() + WATCH_INTERVAL_S
         try:
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await asyncio.wait_for(stop.wait(), timeout=WATCH_INTERVAL_S)
         except TimeoutError:
+            # How late this wake-up came is how long something held the event loop.
+            metrics.event_loop_lag.observe(max(0.0, loop.time() - woke_at))
             if scheduler.ready and not scheduler.alive:
                 log.error("the inference worker thread died; exiting so the service is restarted")
                 code = EXIT_WORKER_DIED

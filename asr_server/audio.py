@@ -62,6 +62,8 @@ def decode_wav(data: bytes, max_seconds: float) -> DecodedAudio:
     if not np.all(np.isfinite(samples)):
         raise InvalidAudio("the WAV file holds NaN or infinite samples")
     mono = samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples[:, 0]
+    # Float WAVs may hold any finite value; a DAC clips at full scale, and so does this.
+    mono = np.clip(mono, -1.0, 1.0)
     if rate != TARGET_RATE:
         mono = soxr.resample(mono, rate, TARGET_RATE, quality="HQ")
     return DecodedAudio(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from asr_server.limits import Network, parse_networks
 from asr_server.weights import MODELS_DIR
 
 T = TypeVar("T")
@@ -56,6 +57,10 @@ class Config:
     queue_deadline_s: float = 300.0
     max_audio_seconds: float = 1800.0
     max_audio_bytes: int = 0  # 0: derived from max_audio_seconds
+    max_inflight_audio_bytes: int = 1 << 30  # all requests' audio held at once
+    max_connections: int = 0  # 0: no limit (nginx limits at the edge)
+    max_connections_per_ip: int = 0  # 0: no limit
+    trusted_proxies: tuple[Network, ...] = ()  # X-Forwarded-For is believed only from these
     metadata_timeout_s: float = 10.0
     audio_timeout_s: float = 30.0
     shutdown_grace_s: float = 30.0
@@ -118,6 +123,15 @@ class Config:
                                          lambda v: 0 < v <= 86_400, "must be in (0, 86400]"),
             max_audio_bytes=reader.get("MAX_AUDIO_BYTES", int, defaults.max_audio_bytes,
                                        lambda v: v == 0 or v >= 1024, "must be 0 (derived) or >= 1024"),
+            max_inflight_audio_bytes=reader.get(
+                "MAX_INFLIGHT_AUDIO_BYTES", int, defaults.max_inflight_audio_bytes,
+                lambda v: v >= 1024 * 1024, "must be at least 1048576 (1 MiB)"),
+            max_connections=reader.get("MAX_CONNECTIONS", int, defaults.max_connections,
+                                       lambda v: v >= 0, "must be 0 (no limit) or more"),
+            max_connections_per_ip=reader.get("MAX_CONNECTIONS_PER_IP", int, defaults.max_connections_per_ip,
+                                              lambda v: v >= 0, "must be 0 (no limit) or more"),
+            trusted_proxies=reader.get("TRUSTED_PROXIES", parse_networks, defaults.trusted_proxies,
+                                       lambda v: True, "", kind="comma-separated list of addresses or CIDRs"),
             metadata_timeout_s=reader.get("METADATA_TIMEOUT_S", float, defaults.metadata_timeout_s,
                                           lambda v: 0 < v <= 3600, "must be in (0, 3600]"),
             audio_timeout_s=reader.get("AUDIO_TIMEOUT_S", float, defaults.audio_timeout_s,
@@ -152,6 +166,11 @@ class Config:
                 f"HOST={config.host} is reachable from other machines but SERVER_API_KEY is not set: "
                 "set a key, or ALLOW_NO_AUTH=1 if an open server is meant"
             )
+        if config.max_inflight_audio_bytes < config.effective_max_audio_bytes:
+            reader.problems.append(
+                f"MAX_INFLIGHT_AUDIO_BYTES={config.max_inflight_audio_bytes} is below one largest request "
+                f"({config.effective_max_audio_bytes} bytes, MAX_AUDIO_BYTES): no such request could run"
+            )
         if reader.problems:
             raise ConfigError(reader.problems)
         return config
@@ -165,14 +184,14 @@ class _Reader:
         self.problems: list[str] = []
 
     def get(self, name: str, parse: Callable[[str], T], default: T,
-            valid: Callable[[T], bool], rule: str) -> T:
+            valid: Callable[[T], bool], rule: str, kind: str = "") -> T:
         raw = self.env.get(name)
         if raw is None or raw == "":
             return default
         try:
             value = parse(raw.strip())
         except ValueError:
-            self.problems.append(f"{name}={raw!r}: not a valid {getattr(parse, '__name__', 'value')}")
+            self.problems.append(f"{name}={raw!r}: not a valid {kind or getattr(parse, '__name__', 'value')}")
             return default
         if not valid(value):
             self.problems.append(f"{name}={raw!r}: {rule}")

@@ -232,8 +232,13 @@ class Engine:
             return exc
 
     def _decode_batch(self, mel: torch.Tensor, options: DecodingOptions) -> list[DecodingResult]:
-        with torch.inference_mode():
-            results = decode_function(self.model, mel, options)
+        try:
+            with torch.inference_mode():
+                results = decode_function(self.model, mel, options)
+        except torch.cuda.OutOfMemoryError:
+            # Give the cached blocks back before the scheduler retries this batch in halves.
+            torch.cuda.empty_cache()
+            raise
         assert isinstance(results, list)
         return results
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 # Speech work: from a short clip on a GPU (~50 ms) to half an hour of audio on a CPU.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 UNAUTHENTICATED = "unauthenticated"
 INVALID = "invalid"
@@ -91,6 +92,9 @@ class Metrics:
                                         registry=registry)
         self.model_info = Info("asr_model", "The loaded model", registry=registry)
         self.ready = Gauge("asr_ready", "1 when /health says ok", registry=registry)
+        self.event_loop_lag = Histogram("asr_event_loop_lag_seconds",
+                                        "How late the event loop ran a timer (blocked loop)",
+                                        buckets=LAG_BUCKETS, registry=registry)
 
     def observe(self, outcome: RequestOutcome) -> None:
         labels = (outcome.machine_id, outcome.task)

@@ -7,6 +7,8 @@ bound. The worker takes up to ``max_batch`` waiting requests at a time and
 hands them to the engine as one batch. A request whose caller has gone (its
 awaiting task cancelled) is skipped before it reaches the model, and one that
 waited past ``deadline_s`` is answered ``overloaded`` rather than run late.
+A batch that runs out of device memory is split in halves and retried, down
+to single requests: only a request too big to run alone fails, and only it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ def _settle(future: asyncio.Future[Transcription], result: Transcription | None,
     else:
         assert result is not None
         future.set_result(result)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, or the RuntimeError older torch and the CPU allocator raise."""
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
 
 
 class Scheduler:
@@ -134,19 +141,46 @@ class Scheduler:
             self._ready.set()
             return
         self._ready.set()
-        while (batch := self._take()) is not None:
-            if not batch:
-                continue
-            self._observe_batch(len(batch))
-            try:
-                results = self.engine.transcribe_batch([(job.samples, job.options) for job in batch])
-            except Exception as exc:  # the whole batch failed: each of its requests hears why
-                results = [exc] * len(batch)
-            for job, result in zip(batch, results, strict=True):
-                if isinstance(result, Exception):
-                    job.settle(None, result)
-                else:
-                    job.settle(result, None)
+        batch: list[_Job] | None = []
+        try:
+            while (batch := self._take()) is not None:
+                if not batch:
+                    continue
+                self._observe_batch(len(batch))
+                self._run_batch(self.engine, batch)
+        except BaseException:
+            # The worker is dying (a fatal error outside any one request): nobody may wait forever.
+            self._stopping = True
+            dying = InternalError("the inference worker stopped")
+            for job in batch or []:
+                job.settle(None, dying)
+            while True:
+                try:
+                    waiting = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if waiting is not None:
+                    waiting.settle(None, dying)
+            raise
+
+    def _run_batch(self, engine: Transcriber, batch: list[_Job]) -> None:
+        try:
+            results = engine.transcribe_batch([(job.samples, job.options) for job in batch])
+        except Exception as exc:  # the whole batch failed: each of its requests hears why
+            results = [exc] * len(batch)
+        out_of_memory = [job for job, result in zip(batch, results, strict=True)
+                         if isinstance(result, Exception) and is_out_of_memory(result)]
+        if len(batch) > 1 and out_of_memory:
+            half = (len(out_of_memory) + 1) // 2
+            self._run_batch(engine, out_of_memory[:half])
+            self._run_batch(engine, out_of_memory[half:])
+        for job, result in zip(batch, results, strict=True):
+            if len(batch) > 1 and job in out_of_memory:
+                continue  # settled by the smaller batches
+            if isinstance(result, Exception):
+                job.settle(None, result)
+            else:
+                job.settle(result, None)
 
     def _take(self) -> list[_Job] | None:
         """The next batch: one waiting job, then whatever else waits, up to ``max_batch``; None: stop."""

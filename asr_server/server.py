@@ -29,9 +29,11 @@ from asr_server.errors import (
     AsrError,
     BadRequest,
     InternalError,
+    Overloaded,
     RequestTimeout,
     Unauthorized,
 )
+from asr_server.limits import Allowance, AudioBudget, ConnectionLimiter, client_address
 from asr_server.metrics import Metrics, RequestOutcome
 from asr_server.postprocess import PostProcessor
 from asr_server.scheduler import Scheduler
@@ -88,17 +90,19 @@ class AsrServer:
         self.metrics = metrics
         self.postprocessor = postprocessor
         self.keys = protocol.KeyRing(config.api_keys)
+        self.connections = ConnectionLimiter(config.max_connections, config.max_connections_per_ip)
+        self.audio_budget = AudioBudget(config.max_inflight_audio_bytes)
         self.draining = False
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        if self.draining:
-            return 503, {"status": "draining"}
         if self.scheduler.load_error is not None:
             return 503, {"status": "error", "detail": "the model failed to load"}
+        if self.scheduler.ready and not self.scheduler.alive:
+            return 503, {"status": "error", "detail": "the inference worker is not running"}
+        if self.draining:
+            return 503, {"status": "draining"}
         if not self.scheduler.ready:
             return 503, {"status": "loading"}
-        if not self.scheduler.alive:
-            return 503, {"status": "error", "detail": "the inference worker is not running"}
         return 200, {"status": "ok", "postprocess_enabled": self.postprocessor.enabled}
 
     def ready(self) -> float:
@@ -134,6 +138,14 @@ class AsrServer:
 
     async def handle(self, ws: ServerConnection) -> None:
         record = RequestRecord()
+        peer = str(ws.remote_address[0]) if ws.remote_address else "-"
+        forwarded = ws.request.headers.get_all("X-Forwarded-For") if ws.request else []
+        address = client_address(peer, forwarded, self.config.trusted_proxies)
+        if refusal := self.connections.admit(address):
+            record.status = Overloaded.code
+            await _fail(ws, Overloaded(refusal))
+            self._record(record)
+            return
         self.metrics.inflight.inc()
         try:
             await self._exchange(ws, record)
@@ -147,6 +159,7 @@ class AsrServer:
             record.status = "internal_error"
             await _fail(ws, InternalError("unexpected server error"))
         finally:
+            self.connections.release(address)
             self.metrics.inflight.dec()
             self._record(record)
 
@@ -172,19 +185,39 @@ class AsrServer:
         request = protocol.parse_transcribe(obj)
         record.machine_id = request.machine_id
         record.task, record.language = request.task, request.language or "detect"
+        allowance = self.audio_budget.allowance()
+        try:
+            transcription = await self._receive_and_transcribe(ws, record, request, allowance)
+        finally:
+            allowance.release()
+        record.language = transcription.language or record.language
+        await self._reply(ws, request, transcription, record)
+
+    async def _receive_and_transcribe(self, ws: ServerConnection, record: RequestRecord,
+                                      request: protocol.TranscribeRequest,
+                                      allowance: Allowance) -> protocol.Transcription:
+        """Frame 2, held within the audio budget from its arrival until the transcript is ready."""
+        if self.audio_budget.exhausted:  # refused before its audio is read into memory
+            raise Overloaded("the server holds its limit of audio in flight; try again shortly")
         log.debug("request %s: metadata accepted, waiting for audio", record.request_id)
         data = await _receive(ws, self.config.audio_timeout_s, "no audio frame")
         record.audio_arrived = time.monotonic()
         if isinstance(data, str):
             raise BadRequest("the second frame must be a binary frame holding a WAV file")
+        if not allowance.hold(len(data)):
+            raise Overloaded("the server holds its limit of audio in flight; try again shortly")
         audio = await asyncio.to_thread(decode_wav, data, self.config.max_audio_seconds)
         log.debug("request %s: %d bytes, %d Hz, %d channels, %.2f s", record.request_id, len(data),
                   audio.source_rate, audio.channels, audio.duration_s)
         del data
+        if not allowance.hold(audio.samples.nbytes):
+            raise Overloaded("the server holds its limit of audio in flight; try again shortly")
         record.audio_s = audio.duration_s
         options = protocol.TranscribeOptions(language=request.language, task=request.task)
-        transcription = await self._transcribe(ws, audio.samples, options)
-        record.language = transcription.language or record.language
+        return await self._transcribe(ws, audio.samples, options)
+
+    async def _reply(self, ws: ServerConnection, request: protocol.TranscribeRequest,
+                     transcription: protocol.Transcription, record: RequestRecord) -> None:
         corrected = protocol.PostprocessOutcome()
         wants = request.postprocess if request.postprocess is not None else self.config.postprocess_default
         if wants:

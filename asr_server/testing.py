@@ -71,12 +71,13 @@ class ServerProcess:
     port: int = 0
     metrics_port: int = 0
     proc: subprocess.Popen[str] | None = None
+    command: list[str] | None = None  # default: python -m asr_server
 
     def __enter__(self) -> ServerProcess:
         env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", "METRICS_PORT": "0",
                "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "asr_server"], cwd=REPO, env=env, text=True,
+            self.command or [sys.executable, "-m", "asr_server"], cwd=REPO, env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         threading.Thread(target=self._drain, daemon=True).start()

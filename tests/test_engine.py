@@ -75,6 +75,17 @@ def test_cuda_engine_runs_fp16() -> None:
     assert "country" in result.text
 
 
+@pytest.mark.requires_cuda
+def test_cuda_batched_beam_search_matches_one_at_a_time() -> None:
+    engine = Engine(EngineSettings(Config().model_path, "cuda", threads=4, beam_size=5))
+    clips = [c for c in load_manifest() if c.kind == "short"][::11][:4]
+    items = [(decode_wav(c.path.read_bytes(), 60).samples, TranscribeOptions(c.lang, "transcribe"))
+             for c in clips]
+    for (samples, options), batched in zip(items, engine.transcribe_batch(items), strict=True):
+        assert not isinstance(batched, Exception), batched
+        assert batched.text and batched.text == engine.transcribe(samples, options).text
+
+
 def test_engine_gates_on_the_vad() -> None:
     engine = Engine(EngineSettings(Config().model_path, "cpu", threads=2, beam_size=1))
     silent = engine.transcribe(np.zeros(16_000 * 5, dtype=np.float32), TranscribeOptions(None, "transcribe"))

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import time
 
 import numpy as np
 from prometheus_client import CollectorRegistry
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import connect as async_connect
+from websockets.sync.client import connect
 
 from asr_server.config import Config
 from asr_server.metrics import Metrics
@@ -19,7 +22,9 @@ from asr_server.postprocess import PostProcessor
 from asr_server.protocol import Transcription
 from asr_server.scheduler import Scheduler
 from asr_server.server import AsrServer
-from asr_server.testing import wav_bytes
+from asr_server.testing import ServerProcess, wav_bytes
+
+from .conftest import exchange
 
 
 class FaultInjectingEngine:
@@ -46,7 +51,7 @@ def test_an_engine_fault_is_internal_error_and_the_server_goes_on() -> None:
             port = ws_server.sockets[0].getsockname()[1]
             url = f"ws://127.0.0.1:{port}/ws/transcribe"
             for _ in range(2):
-                async with connect(url) as ws:
+                async with async_connect(url) as ws:
                     await ws.send(json.dumps({"type": "transcribe", "language": "en"}))
                     await ws.send(wav_bytes(np.zeros(1600, dtype=np.float32), 16_000))
                     reply = json.loads(await ws.recv())
@@ -54,7 +59,7 @@ def test_an_engine_fault_is_internal_error_and_the_server_goes_on() -> None:
                 assert reply["error"] == "internal_error"
                 assert "CUDA" not in reply["detail"]  # internals stay in the log
                 assert ws.close_code == 1011
-            async with connect(url) as ws:
+            async with async_connect(url) as ws:
                 await ws.send(json.dumps({"type": "ping"}))
                 assert json.loads(await ws.recv())["type"] == "pong"
             assert scheduler.alive and server.health()[0] == 200
@@ -66,3 +71,35 @@ def test_an_engine_fault_is_internal_error_and_the_server_goes_on() -> None:
         assert engine.calls == 2
 
     asyncio.run(scenario())
+
+
+WORKER_KILLER = """
+import sys
+from asr_server import __main__ as entry, app
+
+class WorkerKillingEngine:
+    '''Fault double: a fatal error escapes every request handler and ends the worker thread.'''
+    def transcribe_batch(self, items):
+        raise SystemExit("injected fault: the inference worker thread dies")
+
+app.load_engine = lambda settings: WorkerKillingEngine()
+sys.exit(entry.main())
+"""
+
+
+def test_a_dead_worker_answers_internal_error_turns_health_503_and_exits_non_zero() -> None:
+    env = {"ASR_BEAM_SIZE": "1", "SERVER_API_KEY": "", "ASR_VAD": "0", "SHUTDOWN_GRACE_S": "5"}
+    server = ServerProcess(env=env, command=[sys.executable, "-c", WORKER_KILLER])
+    with server, connect(server.url):  # an idle client keeps the process draining for a moment
+        assert server.health(server.metrics_port)[0] == 200
+        reply = exchange(server.url, {"type": "transcribe", "language": "en"},
+                         wav_bytes(np.zeros(16_000, dtype=np.float32), 16_000))
+        assert reply.reply["error"] == "internal_error" and reply.close_code == 1011
+        dead = (503, {"status": "error", "detail": "the inference worker is not running"})
+        deadline = time.monotonic() + 5  # the thread ends just after it answers
+        while (health := server.health(server.metrics_port)) != dead and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert health == dead
+        assert server.proc is not None
+        assert server.proc.wait(30) == 70  # no signal sent: it leaves by itself, for systemd to restart
+        server.wait_for_line("inference worker thread died")

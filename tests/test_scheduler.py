@@ -233,3 +233,53 @@ def test_one_failing_request_in_a_batch_fails_alone() -> None:
         scheduler.stop()
 
     asyncio.run(scenario())
+
+
+class OutOfMemoryFaultEngine(GatedStandInEngine):
+    """Fault double: a batch of more than ``fits`` requests, or one request marked 99, runs out of
+    device memory the way CUDA does (torch.cuda.OutOfMemoryError is a RuntimeError with this text)."""
+
+    def __init__(self, fits: int) -> None:
+        super().__init__()
+        self.fits = fits
+
+    def transcribe_batch(
+        self, items: list[tuple[np.ndarray, TranscribeOptions]]
+    ) -> list[Transcription | Exception]:
+        if len(items) > self.fits or any(samples[0] == 99 for samples, _ in items):
+            self.batches.append(len(items))
+            raise RuntimeError("CUDA out of memory. Tried to allocate 3.00 GiB (injected fault)")
+        return super().transcribe_batch(items)
+
+
+def test_a_batch_out_of_memory_is_split_and_only_the_request_too_big_fails() -> None:
+    async def scenario() -> None:
+        engine = OutOfMemoryFaultEngine(fits=2)
+        engine.gate.set()
+        scheduler = Scheduler(lambda: engine, 16, 8, 60.0)
+        scheduler.start()
+        await scheduler.wait_ready()
+        blocker = asyncio.create_task(scheduler.submit(audio(0), OPTIONS))
+        await blocker
+        engine.gate.clear()
+        engine.started.clear()
+        engine.batches.clear()
+        held = asyncio.create_task(scheduler.submit(audio(0.5), OPTIONS))
+        await started(engine)  # the worker is busy: the next six are taken as one batch
+        markers = [1, 2, 99, 4, 5, 6]
+        tasks = [asyncio.create_task(scheduler.submit(audio(m), OPTIONS)) for m in markers]
+        await asyncio.sleep(0.05)
+        engine.gate.set()
+        await held
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for marker, result in zip(markers, results, strict=True):
+            if marker == 99:
+                assert isinstance(result, RuntimeError) and "out of memory" in str(result)
+            else:
+                assert isinstance(result, Transcription) and result.text == str(float(marker))
+        # 6 failed, then halves of 3 failed, then batches of at most 2 ran; 99 failed alone
+        assert engine.batches[:2] == [1, 6] and max(engine.batches[2:]) <= 3
+        assert (await scheduler.submit(audio(7), OPTIONS)).text == "7.0"  # and it goes on serving
+        scheduler.stop()
+
+    asyncio.run(scenario())

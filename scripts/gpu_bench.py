@@ -1,0 +1,102 @@
+"""Decode speed on random weights of a real model's shape: openai-whisper's decoder beside ours.
+
+Random weights of large-v3's or turbo's shape serve for speed (the weights
+themselves do not travel to a GPU machine). End-of-text is suppressed so every
+decode runs exactly ``--tokens`` steps: the per-batch time then measures the
+decoder, not how soon random weights happen to stop. Prints one markdown
+table; ``--out`` also writes it.
+
+Run on a GPU: python scripts/gpu_bench.py --model large-v3 turbo --batches 1 32
+Check on a CPU: python scripts/gpu_bench.py --model tiny --device cpu --batches 1 2 --tokens 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from whisper.decoding import DecodingOptions, DecodingTask
+from whisper.model import ModelDimensions, Whisper
+from whisper.tokenizer import get_tokenizer
+
+from asr_server.inference import GroupedDecodingTask
+
+SHAPES = {
+    "large-v3": ModelDimensions(128, 1500, 1280, 20, 32, 51866, 448, 1280, 20, 32),
+    "turbo": ModelDimensions(128, 1500, 1280, 20, 32, 51866, 448, 1280, 20, 4),
+    "tiny": ModelDimensions(80, 1500, 384, 6, 4, 51865, 448, 384, 6, 4),
+}
+
+
+def timed_decode(task_class: type[DecodingTask], model: Whisper, mel: torch.Tensor,
+                 options: DecodingOptions, repeats: int) -> float:
+    """Median seconds per decode call of the whole batch (encoder included), after one warm-up."""
+    times = []
+    for i in range(repeats + 1):
+        if mel.is_cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        results = task_class(model, options).run(mel)
+        if mel.is_cuda:
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - started)
+        assert all(len(r.tokens) == options.sample_len for r in results), "a decode stopped early"
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", nargs="+", default=["large-v3", "turbo"], choices=list(SHAPES))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--beam", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    fp16 = device.type == "cuda"
+    where = torch.cuda.get_device_name(device) if fp16 else "CPU"
+    lines = [f"Random weights, {args.tokens}-token decode (end-of-text suppressed), beam {args.beam}, "
+             f"{'float16 activations' if fp16 else 'float32'} on {where}, torch {torch.__version__}; "
+             f"median of {args.repeats} per batch, encoder included.", "",
+             "| model | batch | openai-whisper ms | ours ms | speed-up | ours clips/s |",
+             "|---|---|---|---|---|---|"]
+    for name in args.model:
+        torch.manual_seed(0)
+        model = Whisper(SHAPES[name]).to(device).eval()
+        with torch.no_grad():  # random weights scaled so activations stay finite in float16
+            for parameter in model.parameters():
+                parameter.normal_(0, 0.02)
+        eot = get_tokenizer(model.is_multilingual, num_languages=model.num_languages).eot
+        options = DecodingOptions(language="en", fp16=fp16, sample_len=args.tokens, without_timestamps=True,
+                                  suppress_tokens=[-1, eot], beam_size=args.beam if args.beam > 1 else None)
+        for batch in args.batches:
+            mel = torch.randn(batch, model.dims.n_mels, 3000, device=device)
+            with torch.inference_mode():
+                theirs = float("nan")
+                if args.beam == 1 or batch == 1:  # whisper's own batched beam search fails
+                    theirs = timed_decode(DecodingTask, model, mel, options, args.repeats)
+                ours = timed_decode(GroupedDecodingTask, model, mel, options, args.repeats)
+            lines.append(f"| {name} | {batch} | {theirs * 1000:.0f} | {ours * 1000:.0f} | "
+                         f"{theirs / ours:.2f}x | {batch / ours:.1f} |")
+            print(lines[-1], flush=True)
+        del model
+        if fp16:
+            torch.cuda.empty_cache()
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
