@@ -14,7 +14,9 @@ one query block (cross-attention has no mask, so the rows are independent).
 Every sequence of a group starts from the same prompt, so the prompt is
 read once per audio and its caches copied to the group; and the vocabulary
 projection is made only for the positions whisper's loop reads.
-Self-attention keys and values live in buffers that grow by doubling.
+Self-attention keys and values live in buffers that grow by doubling. An
+audio whose search is over leaves the caches at once: a batch's later steps
+cost only what its unfinished audios need, not the longest one's times all.
 ``decode`` is whisper's ``decode`` with this inference plugged into whisper's
 own ``DecodingTask``: the search, the logit filters and the fallback
 heuristics stay whisper's.
@@ -22,6 +24,7 @@ heuristics stay whisper's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,15 +45,19 @@ class ProjectedLogits:
     floats for nothing: hundreds of MB per batch.
     """
 
-    def __init__(self, hidden: Tensor, embedding: Tensor, repeat: int) -> None:
+    def __init__(self, hidden: Tensor, embedding: Tensor, repeat: int, rows: Tensor | None = None,
+                 total_rows: int = 0) -> None:
         self.hidden = hidden  # (rows, tokens, state), after the final layer norm
         self.embedding = embedding
         self.repeat = repeat  # each row stands for this many identical sequences
+        self.rows = rows  # where the computed rows go among all ``total_rows``; None: they are all
+        self.total_rows = total_rows
 
     @property
     def shape(self) -> torch.Size:
         rows, tokens = self.hidden.shape[:2]
-        return torch.Size((rows * self.repeat, tokens, self.embedding.shape[0]))
+        total = self.total_rows if self.rows is not None else rows * self.repeat
+        return torch.Size((total, tokens, self.embedding.shape[0]))
 
     def __getitem__(self, key: tuple[slice, int]) -> Tensor:
         rows, position = key
@@ -58,19 +65,31 @@ class ProjectedLogits:
             raise IndexError("only logits[:, position] is computed")
         x = self.hidden[:, position]
         logits = (x @ self.embedding.to(x.dtype).T).float()
-        return logits.repeat_interleave(self.repeat, dim=0) if self.repeat > 1 else logits
+        if self.repeat > 1:
+            logits = logits.repeat_interleave(self.repeat, dim=0)
+        if self.rows is None:
+            return logits
+        # Finished audios' rows: their scores are no longer read (whisper's decoders keep
+        # appending to them until the whole batch is done), so they are left at zero.
+        full = logits.new_zeros((self.total_rows, logits.shape[1]))
+        full[self.rows] = logits
+        return full
 
 
 class GroupedCacheInference(Inference):  # type: ignore[misc]
     """Decoder forward passes for one decode call of ``n_audio`` audios times ``group`` sequences."""
 
-    def __init__(self, model: Whisper, group: int) -> None:
+    def __init__(self, model: Whisper, group: int,
+                 finished: Callable[[Tensor], list[bool]] = lambda tokens: []) -> None:
         self.decoder: TextDecoder = model.decoder
         self.group = group
+        self.finished = finished  # per audio of the batch: is its search done? (from the search)
         self.length = 0  # tokens already in the self-attention cache
         self.cross: list[tuple[Tensor, Tensor]] = []  # per block: keys (A, h, d, T), values (A, h, T, d)
         self.keys: list[Tensor] = []  # per block: (rows, h, capacity, d)
         self.values: list[Tensor] = []
+        self.n_audio = 0
+        self.active: list[int] = []  # the audios still decoded, in cache order
 
     def logits(self, tokens: Tensor, audio_features: Tensor) -> ProjectedLogits:
         repeat = 1
@@ -80,22 +99,49 @@ class GroupedCacheInference(Inference):  # type: ignore[misc]
             if self.group > 1 and torch.equal(unique.repeat_interleave(self.group, dim=0), tokens):
                 # Every sequence of a group starts from the same prompt: read it once per audio.
                 tokens, repeat = unique, self.group
+        else:
+            self._drop_finished(self.finished(tokens))
+        rows = None
+        if len(self.active) < self.n_audio:
+            rows = self._rows(self.active).to(tokens.device)
+            tokens = tokens[rows]
         hidden = self._forward(tokens[:, self.length:], self.group // repeat)
         if repeat > 1:
             self._repeat_rows(repeat)
-        return ProjectedLogits(hidden, self.decoder.token_embedding.weight, repeat)
+        return ProjectedLogits(hidden, self.decoder.token_embedding.weight, repeat, rows,
+                               self.n_audio * self.group)
 
     def rearrange_kv_cache(self, source_indices: list[int]) -> None:
         if source_indices == list(range(len(source_indices))):
             return
         if any(source // self.group != target // self.group for target, source in enumerate(source_indices)):
             raise ValueError("a sequence moved to another audio's group")  # the cross cache is per audio
-        index = torch.tensor(source_indices, device=self.keys[0].device)
+        # In cache order: each active audio's rows, pointing into that audio's own rows of the cache.
+        compact = [position * self.group + source_indices[audio * self.group + j] - audio * self.group
+                   for position, audio in enumerate(self.active) for j in range(self.group)]
+        index = torch.tensor(compact, device=self.keys[0].device)
         for cache in (*self.keys, *self.values):
             cache[:, :, : self.length] = cache[:, :, : self.length].index_select(0, index)
 
+    def _rows(self, audios: list[int]) -> Tensor:
+        return torch.tensor([audio * self.group + j for audio in audios for j in range(self.group)])
+
+    def _drop_finished(self, finished: list[bool]) -> None:
+        """Take the audios whose search is done out of the caches: later steps cost them nothing."""
+        keep = [position for position, audio in enumerate(self.active)
+                if not (audio < len(finished) and finished[audio])]
+        if len(keep) == len(self.active) or not keep:
+            return
+        device = self.keys[0].device
+        audio_index = torch.tensor(keep, device=device)
+        row_index = self._rows(keep).to(device)
+        self.cross = [(k.index_select(0, audio_index), v.index_select(0, audio_index)) for k, v in self.cross]
+        self.keys = [cache.index_select(0, row_index) for cache in self.keys]
+        self.values = [cache.index_select(0, row_index) for cache in self.values]
+        self.active = [self.active[position] for position in keep]
+
     def cleanup_caching(self) -> None:
-        self.cross, self.keys, self.values, self.length = [], [], [], 0
+        self.cross, self.keys, self.values, self.length, self.active = [], [], [], 0, []
 
     def _forward(self, new: Tensor, group: int) -> Tensor:
         """Run ``new`` tokens of every row through the decoder; the hidden states after its layer norm."""
@@ -112,6 +158,8 @@ class GroupedCacheInference(Inference):  # type: ignore[misc]
         return dec.ln(x)  # type: ignore[no-any-return]
 
     def _start(self, n_audio: int, audio_features: Tensor) -> None:
+        self.n_audio = n_audio
+        self.active = list(range(n_audio))
         if audio_features.shape[0] != n_audio:  # one row per sequence: keep one per audio
             audio_features = audio_features[:: self.group]
         frames = audio_features.shape[1]
@@ -175,9 +223,19 @@ class GroupedDecodingTask(DecodingTask):  # type: ignore[misc]
 
     def __init__(self, model: Whisper, options: DecodingOptions) -> None:
         super().__init__(model, options)
-        self.inference = GroupedCacheInference(model, self.n_group)
+        self.inference = GroupedCacheInference(model, self.n_group, self._finished_audio)
         if isinstance(self.decoder, BeamSearchDecoder):
             self.decoder.inference = self.inference
+
+    def _finished_audio(self, tokens: Tensor) -> list[bool]:
+        """Per audio: is its search over? Its rows are then left out of every later step."""
+        decoder = self.decoder
+        if isinstance(decoder, BeamSearchDecoder):
+            done = decoder.finished_sequences or []
+            return [len(candidates) >= decoder.max_candidates for candidates in done]
+        # Greedy and best-of-n sampling: a sequence that ended keeps ending (whisper's GreedyDecoder).
+        ended: list[bool] = (tokens[:, -1] == self.tokenizer.eot).view(-1, self.n_group).all(dim=1).tolist()
+        return ended
 
     def _get_audio_features(self, mel: Tensor) -> Any:
         features = super()._get_audio_features(mel)

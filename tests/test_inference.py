@@ -8,6 +8,7 @@ import whisper
 from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.decoding import decode as whisper_decode
 
+from asr_server import inference
 from asr_server.audio import decode_wav
 from asr_server.config import Config
 from asr_server.engine import load_model
@@ -87,3 +88,32 @@ def test_a_beam_cannot_cross_into_another_audio(model: whisper.model.Whisper) ->
         inference.rearrange_kv_cache([1, 0, 3, 3])  # within each audio's pair: fine
         with pytest.raises(ValueError, match="another audio"):
             inference.rearrange_kv_cache([0, 2, 2, 3])
+
+
+@pytest.mark.parametrize("beam_size", [None, 5])
+def test_a_finished_audio_leaves_the_batch(model: whisper.model.Whisper,
+                                           clips: list[tuple[Clip, torch.Tensor]], beam_size: int | None,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    rows_per_step: list[int] = []
+
+    class RowCounting(inference.GroupedCacheInference):
+        def _forward(self, new: torch.Tensor, group: int) -> torch.Tensor:
+            rows_per_step.append(new.shape[0])
+            return super()._forward(new, group)
+
+    monkeypatch.setattr(inference, "GroupedCacheInference", RowCounting)
+    options = DecodingOptions(beam_size=beam_size, fp16=False, language="en")
+    mels = torch.stack([mel for _, mel in clips[:4]])
+    with torch.inference_mode():
+        batched = decode(model, mels, options)
+        assert isinstance(batched, list)
+        steps = list(rows_per_step)
+        alone = [single(decode(model, mel, options)) for mel in mels]
+    lengths = [len(r.tokens) for r in alone]
+    assert len(set(lengths)) > 1, lengths  # clips of different lengths
+    group = beam_size or 1
+    assert steps[0] == 4  # the prompt, once per audio
+    assert steps[1] == 4 * group  # then every sequence of every audio
+    assert steps[-1] < 4 * group  # by the end, the audios that finished had left
+    assert sorted(steps[1:], reverse=True) == steps[1:]
+    assert [r.tokens for r in batched] == [r.tokens for r in alone]
