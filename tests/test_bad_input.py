@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -192,6 +193,12 @@ def test_a_client_gone_mid_inference_costs_nothing_else(strict_server: ServerPro
             ws.send(JFK.read_bytes())
         # closed before the result: the server must notice, log it, and go on
     strict_server.wait_for_line("error=client_gone", timeout_s=60)
+    # A request whose client left keeps its queue slot until the worker reaches it and skips it.
+    deadline = time.monotonic() + 120
+    while not re.search(r"^asr_queue_depth 0\.0$",
+                        strict_server.http_get("/metrics", strict_server.metrics_port)[1], re.M):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     assert "country" in exchange(strict_server.url, request("en"), JFK.read_bytes()).reply["text"]
 
 

@@ -19,7 +19,8 @@ def riff(data: bytes = b"\x00\x00" * 1600, *, fmt_tag: int = PCM, channels: int 
     align = block_align if block_align is not None else max(1, channels * bits // 8)
     fmt_body = struct.pack("<HHIIHH", fmt_tag & 0xFFFF, channels & 0xFFFF, rate & 0xFFFFFFFF,
                            (rate * align) & 0xFFFFFFFF, align & 0xFFFF, bits & 0xFFFF)
-    fmt_body = fmt_body.ljust(fmt_size, b"\x00")[:max(fmt_size, 0)]
+    # The body is as long as declared, up to 64 bytes: a size that lies stays a lie, not a huge file.
+    fmt_body = fmt_body.ljust(min(fmt_size, 64), b"\x00")[:max(fmt_size, 0)]
     chunks = b""
     if with_fmt:
         chunks += b"fmt " + struct.pack("<I", fmt_size & 0xFFFFFFFF) + fmt_body
