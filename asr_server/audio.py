@@ -61,11 +61,15 @@ def decode_wav(data: bytes, max_seconds: float) -> DecodedAudio:
         raise InvalidAudio("the WAV file holds no samples")
     if not np.all(np.isfinite(samples)):
         raise InvalidAudio("the WAV file holds NaN or infinite samples")
-    mono = samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples[:, 0]
-    # Float WAVs may hold any finite value; a DAC clips at full scale, and so does this.
-    mono = np.clip(mono, -1.0, 1.0)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, once
+        mono = samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples[:, 0]
     if rate != TARGET_RATE:
         mono = soxr.resample(mono, rate, TARGET_RATE, quality="HQ")
+    # Finite float samples near float32's limit overflow the downmix or the resampler.
+    if not np.all(np.isfinite(mono)):
+        raise InvalidAudio("the WAV file holds float samples too large to downmix or resample")
+    # Float WAVs may hold any finite value; a DAC clips at full scale, and so does this.
+    mono = np.clip(mono, -1.0, 1.0)
     return DecodedAudio(
         samples=np.ascontiguousarray(mono, dtype=np.float32),
         duration_s=samples.shape[0] / rate,
