@@ -4,8 +4,9 @@ Each request of a batch runs ``whisper.transcribe`` in a thread of its own:
 windows, prompts, temperature fallback and no-speech handling stay exactly
 whisper's, per request. Only the model's ``decode`` calls are intercepted:
 they meet at a ``DecodeRendezvous``, and once every request still running
-has reached one, calls with identical options run as one batch (stacked
-mels, batched beam search or greedy). A failure in a batched call reaches
+has reached one, calls whose options differ at most in the language run as
+one batch (stacked mels, batched beam search or greedy, a language token per
+sequence). A failure in a batched call reaches
 the requests of that call only.
 """
 
@@ -20,7 +21,8 @@ from typing import Any
 import torch
 from whisper.decoding import DecodingOptions, DecodingResult
 
-BatchDecode = Callable[[torch.Tensor, DecodingOptions], list[DecodingResult]]
+# (stacked mels, the options they share, each one's language) -> each one's result
+BatchDecode = Callable[[torch.Tensor, DecodingOptions, list[str | None]], list[DecodingResult]]
 
 _local = threading.local()
 
@@ -41,8 +43,10 @@ class _Call:
     key: tuple[Any, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        # DecodingOptions may hold a prompt list: make a hashable key of every field.
-        self.key = tuple(tuple(v) if isinstance(v, list) else v for v in dataclasses.astuple(self.options))
+        # Calls batch when every option but the language is the same (the language is one
+        # token per sequence); DecodingOptions may hold a prompt list, so the key is made hashable.
+        shared = dataclasses.replace(self.options, language=None)
+        self.key = tuple(tuple(v) if isinstance(v, list) else v for v in dataclasses.astuple(shared))
 
 
 class DecodeRendezvous:
@@ -89,7 +93,8 @@ class DecodeRendezvous:
             groups.setdefault(call.key, []).append(call)
         for group in groups.values():
             try:
-                results = self._decode_batch(torch.stack([c.mel for c in group]), group[0].options)
+                results = self._decode_batch(torch.stack([c.mel for c in group]), group[0].options,
+                                             [c.options.language for c in group])
             except Exception as exc:  # e.g. out of device memory: only this group's requests fail
                 for call in group:
                     call.error = exc

@@ -231,10 +231,11 @@ class Engine:
         except Exception as exc:  # reported to this request's caller only
             return exc
 
-    def _decode_batch(self, mel: torch.Tensor, options: DecodingOptions) -> list[DecodingResult]:
+    def _decode_batch(self, mel: torch.Tensor, options: DecodingOptions,
+                      languages: list[str | None]) -> list[DecodingResult]:
         try:
             with torch.inference_mode():
-                results = decode_function(self.model, mel, options)
+                results = decode_function(self.model, mel, options, languages)
         except torch.cuda.OutOfMemoryError:
             # Give the cached blocks back before the scheduler retries this batch in halves.
             torch.cuda.empty_cache()
