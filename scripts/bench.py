@@ -247,8 +247,12 @@ def main() -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--memory-batches", type=int, nargs="*", default=[1, 4, 8],
                         help="ASR_MAX_BATCH settings for the 16 x 30 s memory runs (none: skip them)")
+    parser.add_argument("--only-memory", action="store_true",
+                        help="run only the memory runs and replace the Memory section of --out")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = parser.parse_args()
+    if args.only_memory:
+        return rewrite_memory_section(args)
     clips = [c for c in load_manifest() if c.kind == "short"]
     if args.clips:
         clips = clips[:: max(1, len(clips) // args.clips)][: args.clips]
@@ -299,6 +303,20 @@ def ratio(runs: list[Run], name: str, decoding: str, clients: int, other: str) -
     if not ours or not theirs:
         return "not measured"
     return f"{statistics.mean(ours.latencies) / statistics.mean(theirs.latencies):.2f}x"
+
+
+def rewrite_memory_section(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as scratch:
+        memory = bench_memory(thirty_second_clips(Path(scratch), 16), 5, args.memory_batches)
+    text = args.out.read_text()
+    start, end = text.index("## Memory:"), text.index("\n## Reading these numbers")
+    batches = " ".join(map(str, args.memory_batches))
+    section = [*memory_table(memory),
+               f"Measured {datetime.date.today()} in a run of its own: `.venv/bin/python scripts/bench.py "
+               f"--only-memory --memory-batches {batches}`.", ""]
+    args.out.write_text(text[:start] + "\n".join(section) + "\n" + text[end:])
+    print("\n".join(section))
+    return 0
 
 
 def memory_table(memory: list[MemoryRun]) -> list[str]:

@@ -57,6 +57,7 @@ class Tally:
     lost: list[str] = field(default_factory=list)  # what went wrong, per lost request
     ping_rtt_s: list[float] = field(default_factory=list)
     good_latency_s: list[float] = field(default_factory=list)
+    backoff: bool = False  # the last answer said "try again later"
 
 
 async def one_request(url: str, index: int, clips: list[tuple[Clip, bytes, str]], tally: Tally) -> None:
@@ -96,6 +97,7 @@ async def one_request(url: str, index: int, clips: list[tuple[Clip, bytes, str]]
             await ws.wait_closed()
             if reply.get("error") == "overloaded" and ws.close_code == 1013:
                 tally.answers["good: overloaded"] += 1
+                tally.backoff = True
                 return
             if reply.get("text") == expected and ws.close_code == 1000:
                 tally.answers["good: transcript"] += 1
@@ -120,18 +122,30 @@ def loop_lag(metrics_text: str) -> dict[str, float]:
 
 
 async def drive(url: str, total: int, clients: int, clips: list[tuple[Clip, bytes, str]], pid: int,
-                max_seconds: float) -> tuple[Tally, list[tuple[float, float]], int, float]:
+                max_seconds: float, warmup: int
+                ) -> tuple[Tally, list[tuple[float, float]], int, float, float]:
     tally = Tally()
+    warm_rss: list[float] = []  # once the first ``warmup`` requests have started
     next_index = 0
     deadline = time.monotonic() + max_seconds
     rss: list[tuple[float, float]] = []
     started = time.monotonic()
 
-    async def client() -> None:
+    async def client(number: int) -> None:
         nonlocal next_index
+        own = Tally()
         while next_index < total and time.monotonic() < deadline:
             index, next_index = next_index, next_index + 1
-            await one_request(url, index, clips, tally)
+            if index == warmup:
+                warm_rss.append(rss_mb(pid))
+            own.backoff = False
+            await one_request(url, index, clips, own)
+            if own.backoff:  # 1013 means try again later: a real client waits a moment
+                await asyncio.sleep(0.5 + (index * 7919 + number) % 1000 / 1000)
+        tally.answers.update(own.answers)
+        tally.lost += own.lost
+        tally.ping_rtt_s += own.ping_rtt_s
+        tally.good_latency_s += own.good_latency_s
 
     async def sample_rss() -> None:
         while True:
@@ -139,9 +153,9 @@ async def drive(url: str, total: int, clients: int, clips: list[tuple[Clip, byte
             await asyncio.sleep(2)
 
     sampler = asyncio.create_task(sample_rss())
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*(client(number) for number in range(clients)))
     sampler.cancel()
-    return tally, rss, next_index, time.monotonic() - started
+    return tally, rss, next_index, time.monotonic() - started, warm_rss[0] if warm_rss else float("nan")
 
 
 def main() -> int:
@@ -149,6 +163,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--max-seconds", type=float, default=1800)
+    parser.add_argument("--warmup", type=int, default=1000,
+                        help="RSS 'after warm-up' is read when this many requests have started")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "load.md")
     args = parser.parse_args()
 
@@ -163,10 +179,9 @@ def main() -> int:
             wav = clip.path.read_bytes()
             clips.append((clip, wav, str(transcribe(server.url, wav, language=clip.lang,
                                                     api_key=KEY)["text"])))
-        warm_rss = rss_mb(pid)
         lag_before = loop_lag(server.http_get("/metrics", server.metrics_port)[1])
-        tally, rss, sent, wall = asyncio.run(
-            drive(server.url, args.requests, args.clients, clips, pid, args.max_seconds))
+        tally, rss, sent, wall, warm_rss = asyncio.run(
+            drive(server.url, args.requests, args.clients, clips, pid, args.max_seconds, args.warmup))
         end_rss, peak_rss = rss_mb(pid), rss_mb(pid, "VmHWM:")
         lag_after = loop_lag(server.http_get("/metrics", server.metrics_port)[1])
         healthy = server.health()[0] == 200
@@ -200,14 +215,16 @@ def report(args: argparse.Namespace, tally: Tally, rss: list[tuple[float, float]
         f"Measured {datetime.date.today()} with `.venv/bin/python scripts/load.py --requests {args.requests} "
         f"--clients {args.clients}` on {os.cpu_count()} CPU cores, no GPU: the real server on 127.0.0.1, "
         "greedy decoding, ASR_MAX_QUEUE 32, ASR_MAX_BATCH 8 (defaults). Good requests send one of "
-        f"{', '.join(f'{c.path.name} ({c.duration:.1f} s)' for c in clips)}; 40% good, 30% bad, 30% ping.",
+        f"{', '.join(f'{c.path.name} ({c.duration:.1f} s)' for c in clips)}; 40% good, 30% bad, 30% ping. "
+        "A client told `overloaded` waits 0.5 to 1.5 s before its next request, as 1013 asks.",
         "",
         f"- Requests sent: **{sent}** of {args.requests} in {wall:.0f} s ({sent / wall:.1f} requests/s); "
         f"lost (no answer, or a wrong one): **{len(tally.lost)}**; server healthy at the end: **{healthy}**.",
         *(f"- {name}: {count}" for name, count in sorted(tally.answers.items())),
         f"- Overload rate of good requests: **{overload_rate:.1%}** (the rest got their exact transcript, "
         f"median {statistics.median(tally.good_latency_s) if tally.good_latency_s else float('nan'):.1f} s).",
-        f"- Server RSS: {warm_rss:.0f} MB after warm-up; mean {mean(earlier):.0f} MB over the first half, "
+        f"- Server RSS: {warm_rss:.0f} MB after warm-up (the first {args.warmup} requests); "
+        f"mean {mean(earlier):.0f} MB over the first half, "
         f"{mean(later):.0f} MB over the second; {end_rss:.0f} MB at the end; peak {peak_rss:.0f} MB.",
         f"- Event-loop lag (timer wake-ups every 0.25 s, {ticks:.0f} during the run): "
         + ", ".join(f"{count:.0f} later than {float(le) * 1000:.0f} ms" for le, count in over.items()) + ".",

@@ -16,12 +16,14 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from asr_server.testing import EVAL_DIR, REPO, ServerProcess, wav_bytes
@@ -211,6 +213,34 @@ def test_spec_client_through_nginx_and_failover(backends: tuple[ServerProcess, S
         for _ in range(4):
             reply = exchange(base, request("en"), (EVAL_DIR / "en/en_whisper_jfk.wav").read_bytes()).reply
             assert "your country" in reply["text"], reply
+    finally:
+        nginx.stop()
+
+
+def test_nginx_limits_each_client_at_the_edge(backends: tuple[ServerProcess, ServerProcess],
+                                              tmp_path: Path) -> None:
+    """The shipped limit_conn: 20 open connections per client address; the 21st gets 429."""
+    first, second = backends
+    live = first if first.proc and first.proc.poll() is None else second
+    listen = free_port()
+    nginx = Nginx("asr-server.conf", tmp_path, ports(live, live, listen))
+    try:
+        wait_for_port(listen)
+        url = f"ws://127.0.0.1:{listen}/ws/transcribe"
+        with ExitStack() as idle:
+            for _ in range(20):
+                idle.enter_context(connect(url, open_timeout=10))
+            with pytest.raises(InvalidStatus) as refused:
+                connect(url, open_timeout=10)
+            assert refused.value.response.status_code == 429
+        deadline = time.monotonic() + 10
+        while True:  # once they close, the client is let in again
+            try:
+                assert exchange(url, {"type": "ping"}).reply["type"] == "pong"
+                break
+            except InvalidStatus:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
     finally:
         nginx.stop()
 
