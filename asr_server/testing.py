@@ -146,6 +146,14 @@ class ServerProcess:
         return status, json.loads(body)
 
 
+def process_memory_mb(pid: int, field_name: str = "VmRSS") -> float:
+    """A process's memory from /proc/PID/status: ``VmRSS`` (now) or ``VmHWM`` (peak), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field_name}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def wav_bytes(samples: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
     buf = io.BytesIO()
     sf.write(buf, samples, rate, format="WAV", subtype=subtype)

@@ -47,6 +47,7 @@ from asr_server.testing import (  # noqa: E402
     ServerProcess,
     load_manifest,
     load_reference_model,
+    process_memory_mb,
     reference_transcribe,
     transcribe,
 )
@@ -96,13 +97,6 @@ def timed(work: Callable[[Clip], object], clips: list[Clip], concurrency: int) -
     return latencies, time.monotonic() - started
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def checked_transcribe(url: str, clip: Clip) -> str:
     """One request; anything but a transcript stops the benchmark."""
     reply = transcribe(url, clip.path.read_bytes(), language=clip.lang)
@@ -126,7 +120,7 @@ def bench_server(clips: list[Clip], beam: int, levels: Iterable[int], decoding: 
         for level in levels:
             latencies, wall = timed(lambda c: checked_transcribe(server.url, c), clips, level)
             assert server.proc is not None
-            rss = peak_rss_mb(server.proc.pid)
+            rss = process_memory_mb(server.proc.pid, "VmHWM")
             runs.append(Run(name, decoding, level, tuple(latencies), audio, wall, rss))
             print(f"  {name} {decoding} x{level}: {audio / wall:.2f} audio s/s", flush=True)
     return runs
@@ -195,18 +189,11 @@ def bench_memory(clips: list[Clip], beam: int, batches: Iterable[int]) -> list[M
         with ServerProcess(env=server_env(beam, max_batch)) as server:
             assert server.proc is not None
             checked_transcribe(server.url, clips[0])  # warm: allocator pools as in steady state
-            idle = current_rss_mb(server.proc.pid)
+            idle = process_memory_mb(server.proc.pid)
             _, wall = timed(lambda c: checked_transcribe(server.url, c), clips, len(clips))
-            runs.append(MemoryRun(max_batch, idle, peak_rss_mb(server.proc.pid), wall))
+            runs.append(MemoryRun(max_batch, idle, process_memory_mb(server.proc.pid, "VmHWM"), wall))
             print(f"  memory, ASR_MAX_BATCH={max_batch}: peak {runs[-1].peak_rss_mb:.0f} MB", flush=True)
     return runs
-
-
-def current_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def bench_faster_whisper(clips: list[Clip], beam: int, decoding: str, compute_type: str,

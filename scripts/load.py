@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from asr_server.testing import REPO, Clip, ServerProcess, load_manifest, transcribe
+from asr_server.testing import REPO, Clip, ServerProcess, load_manifest, process_memory_mb, transcribe
 
 KEY = "load-test-key-3f9c"
 BAD: dict[str, tuple[dict[str, Any] | str, bytes | None, str, int]] = {
@@ -108,13 +108,6 @@ async def one_request(url: str, index: int, clips: list[tuple[Clip, bytes, str]]
         tally.lost.append(f"#{index} {kind}: {type(exc).__name__}: {exc}"[:300])
 
 
-def rss_mb(pid: int, field_name: str = "VmRSS:") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field_name):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def loop_lag(metrics_text: str) -> dict[str, float]:
     """Cumulative bucket counts of asr_event_loop_lag_seconds, by upper bound."""
     found = re.findall(r'^asr_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', metrics_text, re.M)
@@ -137,7 +130,7 @@ async def drive(url: str, total: int, clients: int, clips: list[tuple[Clip, byte
         while next_index < total and time.monotonic() < deadline:
             index, next_index = next_index, next_index + 1
             if index == warmup:
-                warm_rss.append(rss_mb(pid))
+                warm_rss.append(process_memory_mb(pid))
             own.backoff = False
             await one_request(url, index, clips, own)
             if own.backoff:  # 1013 means try again later: a real client waits a moment
@@ -149,7 +142,7 @@ async def drive(url: str, total: int, clients: int, clips: list[tuple[Clip, byte
 
     async def sample_rss() -> None:
         while True:
-            rss.append((time.monotonic() - started, rss_mb(pid)))
+            rss.append((time.monotonic() - started, process_memory_mb(pid)))
             await asyncio.sleep(2)
 
     sampler = asyncio.create_task(sample_rss())
@@ -182,7 +175,7 @@ def main() -> int:
         lag_before = loop_lag(server.http_get("/metrics", server.metrics_port)[1])
         tally, rss, sent, wall, warm_rss = asyncio.run(
             drive(server.url, args.requests, args.clients, clips, pid, args.max_seconds, args.warmup))
-        end_rss, peak_rss = rss_mb(pid), rss_mb(pid, "VmHWM:")
+        end_rss, peak_rss = process_memory_mb(pid), process_memory_mb(pid, "VmHWM")
         lag_after = loop_lag(server.http_get("/metrics", server.metrics_port)[1])
         healthy = server.health()[0] == 200
     lag = {le: lag_after[le] - lag_before.get(le, 0.0) for le in lag_after}
