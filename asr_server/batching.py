@@ -50,10 +50,14 @@ class _Call:
 
 
 class DecodeRendezvous:
-    """Where the decode calls of several concurrent transcriptions are gathered and batched."""
+    """Where the decode calls of several concurrent transcriptions are gathered and batched.
 
-    def __init__(self, decode_batch: BatchDecode, participants: int) -> None:
-        self._decode_batch = decode_batch
+    The participants (one thread per transcription) only gather; every batch runs on the
+    thread that calls ``serve``: the inference worker. torch then always runs on one
+    thread, whose OpenMP team and allocator arena stay warm from batch to batch.
+    """
+
+    def __init__(self, participants: int) -> None:
         self._cond = threading.Condition()
         self._active = participants
         self._pending: list[_Call] = []
@@ -67,7 +71,7 @@ class DecodeRendezvous:
             _local.rendezvous = None
             with self._cond:
                 self._active -= 1
-                self._flush_if_all_arrived()
+                self._cond.notify_all()
 
     def decode(self, mel: torch.Tensor, options: DecodingOptions) -> DecodingResult:
         if mel.ndim != 2:
@@ -75,7 +79,7 @@ class DecodeRendezvous:
         call = _Call(mel, options)
         with self._cond:
             self._pending.append(call)
-            self._flush_if_all_arrived()
+            self._cond.notify_all()
             while not call.done:
                 self._cond.wait()
         if call.error is not None:
@@ -83,24 +87,30 @@ class DecodeRendezvous:
         assert call.result is not None
         return call.result
 
-    def _flush_if_all_arrived(self) -> None:
-        """Every participant still running waits in decode: run all pending calls, batched."""
-        if not self._pending or len(self._pending) < self._active:
-            return
-        calls, self._pending = self._pending, []
-        groups: dict[tuple[Any, ...], list[_Call]] = {}
-        for call in calls:
-            groups.setdefault(call.key, []).append(call)
-        for group in groups.values():
-            try:
-                results = self._decode_batch(torch.stack([c.mel for c in group]), group[0].options,
-                                             [c.options.language for c in group])
-            except Exception as exc:  # e.g. out of device memory: only this group's requests fail
-                for call in group:
-                    call.error = exc
-            else:
-                for call, result in zip(group, results, strict=True):
-                    call.result = result
-            for call in group:
-                call.done = True
-        self._cond.notify_all()
+    def serve(self, decode_batch: BatchDecode) -> None:
+        """Run batches until every participant has finished: each time all those still running
+        wait in ``decode``, their pending calls run, batched."""
+        while True:
+            with self._cond:
+                while not (self._pending and len(self._pending) >= self._active) and self._active:
+                    self._cond.wait()
+                if not self._active:
+                    return
+                calls, self._pending = self._pending, []
+            groups: dict[tuple[Any, ...], list[_Call]] = {}
+            for call in calls:
+                groups.setdefault(call.key, []).append(call)
+            for group in groups.values():
+                try:
+                    results = decode_batch(torch.stack([c.mel for c in group]), group[0].options,
+                                           [c.options.language for c in group])
+                except Exception as exc:  # e.g. out of device memory: only this group's requests fail
+                    for call in group:
+                        call.error = exc
+                else:
+                    for call, result in zip(group, results, strict=True):
+                        call.result = result
+            with self._cond:
+                for call in calls:
+                    call.done = True
+                self._cond.notify_all()

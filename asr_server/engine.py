@@ -206,13 +206,15 @@ class Engine:
             i, regions = speech[0]
             results[i] = self._guarded(items[i][0], items[i][1], regions)
         elif speech:
-            rendezvous = DecodeRendezvous(self._decode_batch, len(speech))
+            rendezvous = DecodeRendezvous(len(speech))
 
             def run(i: int, regions: list[SpeechRegion] | None) -> None:
                 results[i] = rendezvous.run(lambda: self._guarded(items[i][0], items[i][1], regions))
 
             # Every participant must run at once (the rendezvous waits for all of them).
-            for future in [self._participants(len(speech)).submit(run, *entry) for entry in speech]:
+            futures = [self._participants(len(speech)).submit(run, *entry) for entry in speech]
+            rendezvous.serve(self._decode_batch)
+            for future in futures:
                 future.result()
         return [r if r is not None else RuntimeError("no result") for r in results]
 

@@ -18,6 +18,7 @@ Run: .venv/bin/python scripts/bench.py            (greedy and beam 5, short clip
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -32,9 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-# The server runs with OpenMP's passive wait (design.md); the in-process references must run
-# under the same policy for the overhead ratio to mean anything. Read once, when torch loads.
-OMP_POLICY = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The in-process references run under the server's OpenMP settings (asr_server/__main__.py)
+# for the ratios to mean anything; the servers inherit them. Read once, when torch loads.
+from asr_server.__main__ import OPENMP_DEFAULTS  # sets them unless set
+
+OPENMP = {name: os.environ[name] for name in OPENMP_DEFAULTS}
 
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
@@ -107,55 +110,85 @@ def checked_transcribe(url: str, clip: Clip) -> str:
 
 def server_env(beam: int, max_batch: int) -> dict[str, str]:
     return {"ASR_BEAM_SIZE": str(beam), "SERVER_API_KEY": "", "ASR_MAX_QUEUE": "256",
-            "OMP_WAIT_POLICY": OMP_POLICY, "ASR_MAX_BATCH": str(max_batch)}
+            **OPENMP, "ASR_MAX_BATCH": str(max_batch)}
 
 
-def bench_server(clips: list[Clip], beam: int, levels: Iterable[int], decoding: str,
-                 max_batch: int = 8) -> list[Run]:
-    runs = []
-    audio = sum(c.duration for c in clips)
-    name = "asr-server" if max_batch > 1 else "asr-server ASR_MAX_BATCH=1"
-    with ServerProcess(env=server_env(beam, max_batch)) as server:
-        checked_transcribe(server.url, clips[0])  # warm
-        for level in levels:
-            latencies, wall = timed(lambda c: checked_transcribe(server.url, c), clips, level)
-            assert server.proc is not None
-            rss = process_memory_mb(server.proc.pid, "VmHWM")
-            runs.append(Run(name, decoding, level, tuple(latencies), audio, wall, rss))
-            print(f"  {name} {decoding} x{level}: {audio / wall:.2f} audio s/s", flush=True)
-    return runs
+Work = Callable[[Clip], object]
 
 
-def bench_openai(clips: list[Clip], beam: int, decoding: str) -> Run:
+def alternating_rounds(contestants: dict[str, Work], clips: list[Clip],
+                       rounds: int) -> dict[str, list[float]]:
+    """Per clip, every contestant in turn (the order rotating), ``rounds`` times over the clips.
+
+    One at a time and interleaved clip by clip: a drift in the machine's speed (a shared host)
+    falls on every contestant alike instead of on whichever ran during it.
+    """
+    latencies: dict[str, list[float]] = {name: [] for name in contestants}
+    names = list(contestants)
+    turn = 0
+    for _ in range(rounds):
+        for clip in clips:
+            for name in names[turn % len(names):] + names[: turn % len(names)]:
+                started = time.monotonic()
+                contestants[name](clip)
+                latencies[name].append(time.monotonic() - started)
+            turn += 1
+    return latencies
+
+
+def bench_single(contestants: dict[str, Work], clips: list[Clip], decoding: str, rounds: int) -> list[Run]:
+    for work in contestants.values():
+        work(clips[0])  # warm
+    latencies = alternating_rounds(contestants, clips, rounds)
+    audio = sum(c.duration for c in clips) * rounds
+    return [Run(name, decoding, 1, tuple(times), audio, sum(times)) for name, times in latencies.items()]
+
+
+def bench_concurrent(servers: dict[str, ServerProcess], clips: list[Clip], decoding: str, clients: int,
+                     rounds: int) -> list[Run]:
+    """Each server with ``clients`` concurrent clients, the servers taking turns round by round."""
+    walls: dict[str, list[float]] = {name: [] for name in servers}
+    latencies: dict[str, list[float]] = {name: [] for name in servers}
+    names = list(servers)
+    for turn in range(rounds):
+        for name in names[turn % len(names):] + names[: turn % len(names)]:
+            times, wall = timed(server_contestant(servers[name]), clips, clients)
+            walls[name].append(wall)
+            latencies[name] += times
+            print(f"  {name} {decoding} x{clients}: {sum(c.duration for c in clips) / wall:.2f} audio s/s",
+                  flush=True)
+    audio = sum(c.duration for c in clips) * rounds
+    return [Run(name, decoding, clients, tuple(latencies[name]), audio, sum(walls[name]),
+                peak_rss(servers[name])) for name in names]
+
+
+def peak_rss(server: ServerProcess) -> float:
+    assert server.proc is not None
+    return process_memory_mb(server.proc.pid, "VmHWM")
+
+
+def server_contestant(server: ServerProcess) -> Work:
+    return lambda clip: checked_transcribe(server.url, clip)
+
+
+def openai_contestant(clips: list[Clip], beam: int) -> Work:
     import torch
 
     torch.set_num_threads(THREADS)
     model = load_reference_model(Config().model_path)
     samples = {c.path: decode_wav(c.path.read_bytes(), 1e9).samples for c in clips}
-    reference_transcribe(model, samples[clips[0].path], clips[0].lang, beam)  # warm
-    latencies, wall = timed(lambda c: reference_transcribe(model, samples[c.path], c.lang, beam), clips, 1)
-    return Run("openai-whisper transcribe() in-process", decoding, 1, tuple(latencies),
-               sum(c.duration for c in clips), wall)
+    return lambda clip: reference_transcribe(model, samples[clip.path], clip.lang, beam)
 
 
-def bench_engine(clips: list[Clip], beam: int, decoding: str) -> Run:
+def engine_contestant(clips: list[Clip], beam: int) -> Work:
     """The server's own engine in-process: what the server costs on top of it is its overhead."""
-    import torch
-
     from asr_server.engine import Engine, EngineSettings
     from asr_server.protocol import TranscribeOptions
 
     engine = Engine(EngineSettings(Config().model_path, "cpu", THREADS, beam))
     samples = {c.path: decode_wav(c.path.read_bytes(), 1e9).samples for c in clips}
     engine.warm_up()
-
-    def work(clip: Clip) -> str:
-        return engine.transcribe(samples[clip.path], TranscribeOptions(clip.lang, "transcribe")).text
-
-    latencies, wall = timed(work, clips, 1)
-    torch.set_num_threads(THREADS)
-    return Run("asr-server engine in-process", decoding, 1, tuple(latencies),
-               sum(c.duration for c in clips), wall)
+    return lambda clip: engine.transcribe(samples[clip.path], TranscribeOptions(clip.lang, "transcribe")).text
 
 
 def thirty_second_clips(directory: Path, count: int) -> list[Clip]:
@@ -196,13 +229,12 @@ def bench_memory(clips: list[Clip], beam: int, batches: Iterable[int]) -> list[M
     return runs
 
 
-def bench_faster_whisper(clips: list[Clip], beam: int, decoding: str, compute_type: str,
-                         concurrency: int) -> Run:
+def faster_whisper_contestant(clips: list[Clip], beam: int, compute_type: str, workers: int = 1) -> Work:
     from faster_whisper import WhisperModel
 
     model = WhisperModel(str(Config().model_path.parent / "base-ct2"), device="cpu",
-                         compute_type=compute_type, cpu_threads=THREADS if concurrency == 1 else 1,
-                         num_workers=concurrency)
+                         compute_type=compute_type, cpu_threads=THREADS if workers == 1 else 1,
+                         num_workers=workers)
     samples = {c.path: decode_wav(c.path.read_bytes(), 1e9).samples for c in clips}
 
     def work(clip: Clip) -> str:
@@ -210,10 +242,15 @@ def bench_faster_whisper(clips: list[Clip], beam: int, decoding: str, compute_ty
                                        best_of=5, vad_filter=False)
         return " ".join(s.text for s in segments)
 
+    return work
+
+
+def bench_faster_whisper_workers(clips: list[Clip], beam: int, decoding: str, compute_type: str,
+                                 workers: int) -> Run:
+    work = faster_whisper_contestant(clips, beam, compute_type, workers)
     work(clips[0])  # warm
-    latencies, wall = timed(work, clips, concurrency)
-    where = "in-process" if concurrency == 1 else f"{concurrency} workers"
-    return Run(f"faster-whisper {compute_type} {where}", decoding, concurrency, tuple(latencies),
+    latencies, wall = timed(work, clips, workers)
+    return Run(f"faster-whisper {compute_type} {workers} workers", decoding, workers, tuple(latencies),
                sum(c.duration for c in clips), wall)
 
 
@@ -232,6 +269,8 @@ def main() -> int:
     parser.add_argument("--decoding", choices=("greedy", "beam5", "both"), default="both")
     parser.add_argument("--clips", type=int, default=0, help="use the first N short clips (0: all)")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds of the single-request and top-level comparisons, interleaved")
     parser.add_argument("--memory-batches", type=int, nargs="*", default=[1, 4, 8],
                         help="ASR_MAX_BATCH settings for the 16 x 30 s memory runs (none: skip them)")
     parser.add_argument("--only-memory", action="store_true",
@@ -246,20 +285,32 @@ def main() -> int:
     decodings = {"greedy": [("greedy", 1)], "beam5": [("beam 5", 5)],
                  "both": [("greedy", 1), ("beam 5", 5)]}[args.decoding]
     runs: list[Run] = []
+    top = max(args.levels)
     for decoding, beam in decodings:
         print(f"{decoding}: {len(clips)} clips, {sum(c.duration for c in clips):.0f} s of audio", flush=True)
-        runs += bench_server(clips, beam, args.levels, decoding)
-        if max(args.levels) > 1:  # the same server without batching, at the highest concurrency
-            runs += bench_server(clips, beam, [max(args.levels)], decoding, max_batch=1)
-        runs.append(bench_openai(clips, beam, decoding))
-        runs.append(bench_engine(clips, beam, decoding))
-        for compute_type in ("float32", "int8"):
-            runs.append(bench_faster_whisper(clips, beam, decoding, compute_type, 1))
-        top = max(args.levels)
+        with ServerProcess(env=server_env(beam, 8)) as batched, \
+                ServerProcess(env=server_env(beam, 1)) as unbatched:
+            for server in (batched, unbatched):
+                checked_transcribe(server.url, clips[0])  # warm
+            first = len(runs)
+            if 1 in args.levels:
+                runs += bench_single({
+                    "asr-server": server_contestant(batched),
+                    "openai-whisper transcribe() in-process": openai_contestant(clips, beam),
+                    "asr-server engine in-process": engine_contestant(clips, beam),
+                    "faster-whisper float32 in-process": faster_whisper_contestant(clips, beam, "float32"),
+                    "faster-whisper int8 in-process": faster_whisper_contestant(clips, beam, "int8"),
+                }, clips, decoding, args.rounds)
+                runs[first] = dataclasses.replace(runs[first], peak_rss_mb=peak_rss(batched))
+            for level in sorted(set(args.levels) - {1, top}):
+                runs += bench_concurrent({"asr-server": batched}, clips, decoding, level, 1)
+            if top > 1:  # the same server without batching beside it, taking turns
+                runs += bench_concurrent({"asr-server": batched, "asr-server ASR_MAX_BATCH=1": unbatched},
+                                         clips, decoding, top, args.rounds)
         if top > 1:
             for compute_type in ("float32", "int8"):
-                runs.append(bench_faster_whisper(clips, beam, decoding, compute_type, top))
-        print("\n".join(table(runs[-(len(args.levels) + 4 + (3 if top > 1 else 0)):])), flush=True)
+                runs.append(bench_faster_whisper_workers(clips, beam, decoding, compute_type, top))
+        print("\n".join(table(runs[first:])), flush=True)
     memory: list[MemoryRun] = []
     if args.memory_batches:
         with tempfile.TemporaryDirectory() as scratch:
@@ -344,7 +395,8 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: 
         f"Clips: {len(clips)} short real clips of `../shared/eval/` (de, en, es, fr), {audio:.0f} s of "
         f"audio, each sent with its language. Latency is per request as the client sees it (server) "
         "or per call (in-process); RTF = total latency / total audio; throughput = total audio / wall time.",
-        f"OpenMP wait policy {OMP_POLICY} everywhere (the server's setting, design.md). The server uses all",
+        f"OpenMP {' '.join(f'{k}={v}' for k, v in OPENMP.items())} everywhere (the server's setting). "
+        "The server uses all",
         f"cores for torch; in-process references use {THREADS} threads one at a time; faster-whisper with",
         "N workers uses one thread per worker.",
         "",

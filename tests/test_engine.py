@@ -18,6 +18,7 @@ from asr_server.engine import (
 )
 from asr_server.protocol import SUPPORTED_LANGUAGES, Segment, TranscribeOptions
 from asr_server.testing import load_manifest
+from asr_server.vad import SpeechDetector, SpeechRegion
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,31 @@ def test_engine_gates_on_the_vad() -> None:
     engine = Engine(EngineSettings(Config().model_path, "cpu", threads=2, beam_size=1))
     silent = engine.transcribe(np.zeros(16_000 * 5, dtype=np.float32), TranscribeOptions(None, "transcribe"))
     assert silent.text == "" and silent.segments == () and silent.language == ""
+
+
+def test_vad_sequence_model_finds_the_streaming_models_regions() -> None:
+    """vad.py uses silero's one-call sequence model; its regions must be the streaming model's."""
+    from silero_vad import get_speech_timestamps, load_silero_vad
+
+    detector = SpeechDetector()
+    streaming = load_silero_vad()
+    torch.set_num_threads(2)  # silero_vad's import set it to 1
+    options = detector.options
+    clips = [c for c in load_manifest() if c.kind == "short"][::3]
+    silence = np.zeros(16_000 * 3, dtype=np.float32)
+    noise = np.random.default_rng(3).normal(0, 0.2, 16_000 * 3).astype(np.float32)
+    audios = [decode_wav(c.path.read_bytes(), 60).samples for c in clips] + [silence, noise]
+    speech = 0
+    for samples in audios:
+        stamps = get_speech_timestamps(
+            torch.from_numpy(samples), streaming, threshold=options.threshold, sampling_rate=16_000,
+            min_speech_duration_ms=options.min_speech_ms, min_silence_duration_ms=options.min_silence_ms,
+            speech_pad_ms=options.pad_ms)
+        streaming.reset_states()
+        expected = [SpeechRegion(s["start"] / 16_000, s["end"] / 16_000) for s in stamps]
+        assert detector.speech_regions(samples) == expected
+        speech += bool(expected)
+    assert speech == len(clips) >= 15  # every real clip has speech; silence and noise have none
 
 
 def test_int8_quantisation_on_the_cpu() -> None:
