@@ -5,8 +5,9 @@ so torch never runs on the event loop. ``submit`` is the only way in: a full
 queue answers ``overloaded`` at once instead of letting latency grow without
 bound. The worker takes up to ``max_batch`` waiting requests at a time and
 hands them to the engine as one batch. A request whose caller has gone (its
-awaiting task cancelled) is skipped before it reaches the model, and one that
-waited past ``deadline_s`` is answered ``overloaded`` rather than run late.
+awaiting task cancelled) leaves the queue at once, freeing its place and its
+audio, and never reaches the model; one that waited past ``deadline_s`` is
+answered ``overloaded`` rather than run late.
 A batch that runs out of device memory is split in halves and retried, down
 to single requests: only a request too big to run alone fails, and only it.
 """
@@ -14,9 +15,9 @@ to single requests: only a request too big to run alone fails, and only it.
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -40,7 +41,6 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Transcription]
     enqueued: float = field(default_factory=time.monotonic)
-    cancelled: bool = field(default=False)
 
     def settle(self, result: Transcription | None, error: BaseException | None) -> None:
         try:
@@ -75,10 +75,11 @@ class Scheduler:
         self._max_batch = max_batch
         self._deadline_s = deadline_s
         self._observe_batch = observe_batch  # called from the worker thread with each batch's size
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
+        self._max_queue = max_queue
+        self._waiting: deque[_Job] = deque()  # guarded by _changed
+        self._changed = threading.Condition()
         self._ready = threading.Event()
         self._stopping = False
-        self._stop_seen = False
         self.load_error: BaseException | None = None
         self.engine: Transcriber | None = None
         self._thread = threading.Thread(target=self._run, name="asr-worker", daemon=True)
@@ -102,7 +103,7 @@ class Scheduler:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._waiting)
 
     async def submit(self, samples: np.ndarray, options: TranscribeOptions) -> Transcription:
         if not self.ready:
@@ -111,26 +112,27 @@ class Scheduler:
             raise InternalError("the inference worker is not running")
         loop = asyncio.get_running_loop()
         job = _Job(samples, options, loop, loop.create_future())
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise Overloaded(
-                f"{self._queue.maxsize} requests are already waiting; try again shortly"
-            ) from None
+        with self._changed:
+            if self._stopping:
+                raise InternalError("the inference worker is not running")
+            if len(self._waiting) >= self._max_queue:
+                raise Overloaded(f"{self._max_queue} requests are already waiting; try again shortly")
+            self._waiting.append(job)
+            self._changed.notify()
         try:
             return await job.future
         except asyncio.CancelledError:
-            job.cancelled = True  # the worker skips it if it has not started yet
+            with self._changed:  # not taken yet: its place in the queue is free again
+                if job in self._waiting:
+                    self._waiting.remove(job)
             raise
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Let queued work finish, then end the worker."""
-        self._stopping = True
+        with self._changed:
+            self._stopping = True
+            self._changed.notify()
         if self._thread.is_alive():
-            try:
-                self._queue.put(None, timeout=timeout_s)
-            except queue.Full:
-                return
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
@@ -152,15 +154,10 @@ class Scheduler:
             # The worker is dying (a fatal error outside any one request): nobody may wait forever.
             self._stopping = True
             dying = InternalError("the inference worker stopped")
-            for job in batch or []:
+            with self._changed:
+                waiting, self._waiting = [*(batch or []), *self._waiting], deque()
+            for job in waiting:
                 job.settle(None, dying)
-            while True:
-                try:
-                    waiting = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if waiting is not None:
-                    waiting.settle(None, dying)
             raise
 
     def _run_batch(self, engine: Transcriber, batch: list[_Job]) -> None:
@@ -183,27 +180,16 @@ class Scheduler:
                 job.settle(result, None)
 
     def _take(self) -> list[_Job] | None:
-        """The next batch: one waiting job, then whatever else waits, up to ``max_batch``; None: stop."""
-        if self._stop_seen:
-            return None
-        first = self._queue.get()
-        if first is None:
-            return None
-        jobs = [first]
-        while len(jobs) < self._max_batch:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                self._stop_seen = True  # finish this batch, then stop
-                break
-            jobs.append(job)
+        """The next batch: the oldest waiting jobs, up to ``max_batch``; None: stopped and drained."""
+        with self._changed:
+            while not self._waiting and not self._stopping:
+                self._changed.wait()
+            if not self._waiting:
+                return None
+            jobs = [self._waiting.popleft() for _ in range(min(self._max_batch, len(self._waiting)))]
         now = time.monotonic()
         live = []
         for job in jobs:
-            if job.cancelled:
-                continue
             waited = now - job.enqueued
             if waited > self._deadline_s:
                 job.settle(None, Overloaded(f"waited {waited:.0f} s in the queue; try again later"))

@@ -165,7 +165,7 @@ def test_corpus_is_large_enough() -> None:
 
 def when_free(url: str, *frames: str | bytes | dict[str, Any]) -> dict[str, Any]:
     """The reply, once the strict server's queue of one has room: ``overloaded`` is its right answer
-    while earlier work (a request whose client left keeps its slot until the worker skips it) holds it."""
+    while work sent just before still waits in it."""
     deadline = time.monotonic() + 120
     while (reply := exchange(url, *frames).reply).get("error") == "overloaded":
         assert time.monotonic() < deadline, reply

@@ -116,6 +116,32 @@ def test_a_cancelled_request_never_reaches_the_model() -> None:
     asyncio.run(scenario())
 
 
+def test_a_cancelled_request_frees_its_place_at_once() -> None:
+    async def scenario() -> None:
+        scheduler, engine = make(max_queue=1)
+        await scheduler.wait_ready()
+        running = asyncio.create_task(scheduler.submit(audio(1), OPTIONS))
+        await started(engine)
+        gone = asyncio.create_task(scheduler.submit(audio(2), OPTIONS))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded):
+            await scheduler.submit(audio(3), OPTIONS)  # the one place is taken
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert scheduler.depth == 0  # left the queue while the worker is still busy
+        kept = asyncio.create_task(scheduler.submit(audio(4), OPTIONS))
+        await asyncio.sleep(0.05)
+        assert scheduler.depth == 1
+        engine.gate.set()
+        assert (await kept).text == "4.0"
+        await running
+        assert engine.calls == [1.0, 4.0]
+        scheduler.stop()
+
+    asyncio.run(scenario())
+
+
 def test_an_engine_failure_reaches_only_its_caller() -> None:
     async def scenario() -> None:
         scheduler, engine = make(max_queue=4)
