@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -75,3 +76,25 @@ def test_concurrent_requests_are_batched_by_the_server(server: ServerProcess) ->
     after_sum, after_count = batch_totals()
     assert after_sum - before_sum == 6  # every request went through the worker once
     assert after_count - before_count < 6  # and some of them together
+
+
+def test_only_the_worker_thread_runs_torch_on_several_threads() -> None:
+    """Participants keep one OpenMP thread each; the model runs on the calling (worker) thread's team.
+
+    More OpenMP threads than CPUs make libgomp stop spinning in every team, the worker's too.
+    """
+    engine = Engine(EngineSettings(Config().model_path, "cpu", threads=2, beam_size=1))
+    model_threads: list[tuple[str, int]] = []
+    engine.model.encoder.register_forward_pre_hook(
+        lambda module, args: model_threads.append((threading.current_thread().name, torch.get_num_threads())))
+    clips = [c for c in load_manifest() if c.kind == "short"][:3]
+    items = [(decode_wav(c.path.read_bytes(), 1e9).samples, TranscribeOptions(c.lang, "transcribe"))
+             for c in clips]
+    with ThreadPoolExecutor(1, thread_name_prefix="worker") as worker:
+        results = worker.submit(engine.transcribe_batch, items).result()
+        assert worker.submit(torch.get_num_threads).result() == 2
+    assert all(not isinstance(r, Exception) and r.text for r in results)
+    assert len(model_threads) == 3 and set(model_threads) == {("worker_0", 2)}
+    assert engine._pool is not None
+    participants = [engine._pool.submit(torch.get_num_threads) for _ in range(3)]
+    assert [f.result() for f in participants] == [1, 1, 1]
