@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -229,27 +231,75 @@ def bench_memory(clips: list[Clip], beam: int, batches: Iterable[int]) -> list[M
     return runs
 
 
-def faster_whisper_contestant(clips: list[Clip], beam: int, compute_type: str, workers: int = 1) -> Work:
+class FasterWhisperProcess:
+    """faster-whisper in a process of its own, driven over a pipe, one model per process.
+
+    CTranslate2 brings its own OpenMP runtime; with it busy in the same process, torch ran
+    15-25% slower (greedy RTF 0.126 against 0.102 for our engine, 0.119 against 0.106 for
+    openai-whisper, on the same clips): the in-process references would have been slowed
+    by the bench itself. Each side now has a process of its own, as the server has.
+    """
+
+    def __init__(self, beam: int, compute_type: str, workers: int = 1) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--faster-whisper-child", compute_type, str(beam), str(workers)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the faster-whisper process did not start")
+
+    def run(self, clips: list[Clip], concurrency: int) -> tuple[list[float], float]:
+        """Latencies of each clip and the wall time, ``concurrency`` at once, as ``timed`` gives them."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        request = {"clips": [[str(c.path), c.lang, c.duration] for c in clips], "concurrency": concurrency}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        return list(reply["latencies"]), float(reply["wall"])
+
+    def __call__(self, clip: Clip) -> object:
+        return self.run([clip], 1)
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def faster_whisper_child(compute_type: str, beam: int, workers: int) -> int:
+    """The far end of FasterWhisperProcess: one JSON request per line, one JSON reply per line."""
     from faster_whisper import WhisperModel
 
     model = WhisperModel(str(Config().model_path.parent / "base-ct2"), device="cpu",
                          compute_type=compute_type, cpu_threads=THREADS if workers == 1 else 1,
                          num_workers=workers)
-    samples = {c.path: decode_wav(c.path.read_bytes(), 1e9).samples for c in clips}
+    samples: dict[Path, np.ndarray] = {}
 
     def work(clip: Clip) -> str:
         segments, _ = model.transcribe(samples[clip.path], language=clip.lang, beam_size=beam,
                                        best_of=5, vad_filter=False)
         return " ".join(s.text for s in segments)
 
-    return work
+    print("ready", flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        clips = [Clip(Path(path), lang, "", duration, "short", {})
+                 for path, lang, duration in request["clips"]]
+        for clip in clips:  # decoded before the clock starts, as the other contestants' are
+            samples.setdefault(clip.path, decode_wav(clip.path.read_bytes(), 1e9).samples)
+        latencies, wall = timed(work, clips, request["concurrency"])
+        print(json.dumps({"latencies": latencies, "wall": wall}), flush=True)
+    return 0
 
 
 def bench_faster_whisper_workers(clips: list[Clip], beam: int, decoding: str, compute_type: str,
                                  workers: int) -> Run:
-    work = faster_whisper_contestant(clips, beam, compute_type, workers)
-    work(clips[0])  # warm
-    latencies, wall = timed(work, clips, workers)
+    child = FasterWhisperProcess(beam, compute_type, workers)
+    try:
+        child.run(clips[:1], 1)  # warm
+        latencies, wall = child.run(clips, workers)
+    finally:
+        child.close()
     return Run(f"faster-whisper {compute_type} {workers} workers", decoding, workers, tuple(latencies),
                sum(c.duration for c in clips), wall)
 
@@ -276,7 +326,12 @@ def main() -> int:
     parser.add_argument("--only-memory", action="store_true",
                         help="run only the memory runs and replace the Memory section of --out")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--faster-whisper-child", nargs=3, metavar=("COMPUTE_TYPE", "BEAM", "WORKERS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.faster_whisper_child:
+        compute_type, beam, workers = args.faster_whisper_child
+        return faster_whisper_child(compute_type, int(beam), int(workers))
     if args.only_memory:
         return rewrite_memory_section(args)
     clips = [c for c in load_manifest() if c.kind == "short"]
@@ -294,13 +349,18 @@ def main() -> int:
                 checked_transcribe(server.url, clips[0])  # warm
             first = len(runs)
             if 1 in args.levels:
-                runs += bench_single({
-                    "asr-server": server_contestant(batched),
-                    "openai-whisper transcribe() in-process": openai_contestant(clips, beam),
-                    "asr-server engine in-process": engine_contestant(clips, beam),
-                    "faster-whisper float32 in-process": faster_whisper_contestant(clips, beam, "float32"),
-                    "faster-whisper int8 in-process": faster_whisper_contestant(clips, beam, "int8"),
-                }, clips, decoding, args.rounds)
+                children = [FasterWhisperProcess(beam, compute_type) for compute_type in ("float32", "int8")]
+                try:
+                    runs += bench_single({
+                        "asr-server": server_contestant(batched),
+                        "openai-whisper transcribe() in-process": openai_contestant(clips, beam),
+                        "asr-server engine in-process": engine_contestant(clips, beam),
+                        "faster-whisper float32, a process of its own": children[0],
+                        "faster-whisper int8, a process of its own": children[1],
+                    }, clips, decoding, args.rounds)
+                finally:
+                    for child in children:
+                        child.close()
                 runs[first] = dataclasses.replace(runs[first], peak_rss_mb=peak_rss(batched))
             for level in sorted(set(args.levels) - {1, top}):
                 runs += bench_concurrent({"asr-server": batched}, clips, decoding, level, 1)
@@ -385,7 +445,8 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: 
         "",
         f"Measured {datetime.date.today()} in one run of `.venv/bin/python scripts/bench.py "
         f"--decoding {args.decoding}{f' --clips {args.clips}' if args.clips else ''} --levels "
-        f"{' '.join(map(str, args.levels))}`.",
+        f"{' '.join(map(str, args.levels))} --rounds {args.rounds} --memory-batches "
+        f"{' '.join(map(str, args.memory_batches))}`.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; Python "
         f"{platform.python_version()}, torch {torch.__version__}, openai-whisper {whisper.__version__}, "
@@ -395,6 +456,10 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: 
         f"Clips: {len(clips)} short real clips of `../shared/eval/` (de, en, es, fr), {audio:.0f} s of "
         f"audio, each sent with its language. Latency is per request as the client sees it (server) "
         "or per call (in-process); RTF = total latency / total audio; throughput = total audio / wall time.",
+        f"One client at a time, the five contestants take turns clip by clip ({args.rounds} rounds over the "
+        "clips); at the top level the server and its ASR_MAX_BATCH=1 twin take turns run by run "
+        f"({args.rounds} rounds each); a drift in this shared host's speed falls on all alike. "
+        "faster-whisper runs in a process of its own (its OpenMP runtime slowed torch in a shared one).",
         f"OpenMP {' '.join(f'{k}={v}' for k, v in OPENMP.items())} everywhere (the server's setting). "
         "The server uses all",
         f"cores for torch; in-process references use {THREADS} threads one at a time; faster-whisper with",
