@@ -124,6 +124,9 @@ def test_int8_quantisation_on_the_cpu() -> None:
     quantized = torch.ao.nn.quantized.dynamic.Linear
     assert isinstance(engine.model.decoder.blocks[0].mlp[0], quantized)
     assert isinstance(engine.model.encoder.blocks[0].attn.query, quantized)
+    weight = engine.model.decoder.blocks[0].mlp[0].weight()  # type: ignore[no-untyped-call]
+    assert weight.qscheme() == torch.per_channel_affine  # a scale per output channel
+    assert weight.q_per_channel_scales().shape == (weight.shape[0],)
     clip = next(c for c in load_manifest() if "jfk" in c.path.name)
     samples = decode_wav(clip.path.read_bytes(), 60).samples
     result = engine.transcribe(samples, TranscribeOptions("en", "transcribe"))
