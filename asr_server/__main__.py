@@ -7,9 +7,9 @@ import sys
 
 # OpenMP reads these once, when torch (libgomp) loads. Unbounded spin-waiting made torch 2 to 8
 # times slower whenever another process held a core; sleeping at once (passive, spin count 0)
-# made every small op of a decoder step pay a thread wake-up: 30-50% of a decode on 2 cores.
-# A short bounded spin keeps the threads awake between the ops of one step and costs at most
-# about 20% when a core is taken away (docs/benchmarks.md). GOMP_SPINCOUNT wins over the policy.
+# made every small op of a decoder step pay a thread wake-up: a third of a decode on 2 cores.
+# A short bounded spin keeps the threads awake between the ops of one step and costs about
+# 10-25% when a core is taken away (docs/benchmarks.md). GOMP_SPINCOUNT wins over the policy.
 OPENMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000"}
 for _name, _value in OPENMP_DEFAULTS.items():
     os.environ.setdefault(_name, _value)
