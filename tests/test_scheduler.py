@@ -58,6 +58,15 @@ def make(max_queue: int, max_batch: int = 1, batches: list[int] | None = None,
     return scheduler, engine
 
 
+async def busy(max_queue: int) -> tuple[Scheduler, GatedStandInEngine, asyncio.Task[Transcription]]:
+    """A ready scheduler whose worker holds job 1 (blocked on the gate), its queue empty again."""
+    scheduler, engine = make(max_queue=max_queue)
+    await scheduler.wait_ready()
+    running = asyncio.create_task(scheduler.submit(audio(1), OPTIONS))
+    await started(engine)
+    return scheduler, engine, running
+
+
 def test_runs_one_at_a_time_in_order() -> None:
     batches: list[int] = []
 
@@ -79,10 +88,7 @@ def test_runs_one_at_a_time_in_order() -> None:
 
 def test_full_queue_answers_overloaded_at_once() -> None:
     async def scenario() -> None:
-        scheduler, engine = make(max_queue=2)
-        await scheduler.wait_ready()
-        running = asyncio.create_task(scheduler.submit(audio(1), OPTIONS))
-        await started(engine)  # the worker holds job 1; the queue is empty again
+        scheduler, engine, running = await busy(max_queue=2)
         queued = [asyncio.create_task(scheduler.submit(audio(i), OPTIONS)) for i in (2, 3)]
         await asyncio.sleep(0.05)
         with pytest.raises(Overloaded, match="2 requests"):
@@ -98,10 +104,7 @@ def test_full_queue_answers_overloaded_at_once() -> None:
 
 def test_a_cancelled_request_never_reaches_the_model() -> None:
     async def scenario() -> None:
-        scheduler, engine = make(max_queue=4)
-        await scheduler.wait_ready()
-        running = asyncio.create_task(scheduler.submit(audio(1), OPTIONS))
-        await started(engine)
+        scheduler, engine, running = await busy(max_queue=4)
         gone = asyncio.create_task(scheduler.submit(audio(2), OPTIONS))
         kept = asyncio.create_task(scheduler.submit(audio(3), OPTIONS))
         await asyncio.sleep(0.05)
@@ -118,10 +121,7 @@ def test_a_cancelled_request_never_reaches_the_model() -> None:
 
 def test_a_cancelled_request_frees_its_place_at_once() -> None:
     async def scenario() -> None:
-        scheduler, engine = make(max_queue=1)
-        await scheduler.wait_ready()
-        running = asyncio.create_task(scheduler.submit(audio(1), OPTIONS))
-        await started(engine)
+        scheduler, engine, running = await busy(max_queue=1)
         gone = asyncio.create_task(scheduler.submit(audio(2), OPTIONS))
         await asyncio.sleep(0.05)
         with pytest.raises(Overloaded):
