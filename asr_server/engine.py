@@ -14,22 +14,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import threading
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 import whisper
-from whisper.decoding import DecodingOptions, DecodingResult, detect_language
+from whisper.decoding import DecodingOptions, detect_language
 from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE, Tokenizer, get_tokenizer
 
-from asr_server.batching import DecodeRendezvous, current_rendezvous
+from asr_server.batching import DecoderSteps, current_steps
 from asr_server.inference import decode as decode_function
+from asr_server.inference import decode_stepped, decoder_step
 from asr_server.protocol import SUPPORTED_LANGUAGES, Segment, TranscribeOptions, Transcription
 from asr_server.vad import SpeechDetector, SpeechRegion, overlaps_speech
 
@@ -82,16 +85,22 @@ class SupportedLanguagesWhisper(Whisper):  # type: ignore[misc]
     _language_tokenizer: Tokenizer | None = None
 
     def decode(self, mel: torch.Tensor, options: DecodingOptions | None = None) -> Any:
-        """Inside a batch, decode calls meet at the batch's rendezvous (batching.py)."""
+        """Inside a continuous batch, the decode's model work is done by its worker (batching.py)."""
         options = options or DecodingOptions()
-        rendezvous = current_rendezvous()
-        if rendezvous is None:
+        steps = current_steps()
+        if steps is None:
             return decode_function(self, mel, options)
-        return rendezvous.decode(mel, options)
+        return decode_stepped(self, mel, options, steps)
 
     def detect_language(
         self, mel: torch.Tensor, tokenizer: Tokenizer | None = None
     ) -> tuple[torch.Tensor, Any]:
+        steps = current_steps()
+        if steps is not None:
+            return steps.call(lambda: self.detect_language_here(mel))
+        return self.detect_language_here(mel)
+
+    def detect_language_here(self, mel: torch.Tensor) -> tuple[torch.Tensor, Any]:
         tokens, probs = detect_language(self, mel, self.language_tokenizer())
         return tokens, probs
 
@@ -147,6 +156,26 @@ def quantize_int8(model: SupportedLanguagesWhisper) -> SupportedLanguagesWhisper
     return cast(SupportedLanguagesWhisper, quantized)
 
 
+class Request(Protocol):
+    """A request as the scheduler hands it over: its audio, options, and where its result goes."""
+
+    samples: np.ndarray
+    options: TranscribeOptions
+
+    def settle(self, result: Transcription | None, error: BaseException | None) -> None: ...
+
+
+@dataclass(eq=False)
+class _BatchItem:
+    samples: np.ndarray
+    options: TranscribeOptions
+    result: Transcription | Exception | None = None
+
+    def settle(self, result: Transcription | None, error: BaseException | None) -> None:
+        self.result = result if result is not None else error if isinstance(error, Exception) \
+            else RuntimeError(str(error))
+
+
 class Engine:
     """One Whisper model and one VAD, owned by the worker thread."""
 
@@ -192,39 +221,58 @@ class Engine:
     def transcribe_batch(
         self, items: list[tuple[np.ndarray, TranscribeOptions]]
     ) -> list[Transcription | Exception]:
-        """Several requests at once: their decode calls are batched, their results kept apart.
+        """Several requests at once, batched continuously; each entry is the request's
+        Transcription, or the exception that failed it alone."""
+        if len(items) == 1:
+            return [self._guarded(*items[0])]
+        requests = [_BatchItem(samples, options) for samples, options in items]
+        waiting = list(reversed(requests))
+        self.transcribe_continuously(lambda: waiting.pop() if waiting else None, len(items))
+        return [r.result if r.result is not None else RuntimeError("no result") for r in requests]
 
-        Each entry is the request's Transcription, or the exception that failed it alone.
+    def transcribe_continuously(self, take: Callable[[], Request | None], capacity: int,
+                                observe_step: Callable[[int], None] = lambda size: None) -> None:
+        """Transcribe the requests ``take`` gives, up to ``capacity`` at once, until it gives None.
+
+        Each request runs in a participant thread as soon as a place is free,
+        and is settled the moment it is done; their model work runs on this
+        thread, their decoder steps batched (batching.py).
         """
-        results: list[Transcription | Exception | None] = [None] * len(items)
-        speech: list[tuple[int, list[SpeechRegion] | None]] = []
-        for i, (samples, options) in enumerate(items):
-            regions = self.vad.speech_regions(samples) if self.vad else None
-            if regions is not None and not regions:
-                results[i] = self._no_speech(samples, options)
+        steps = DecoderSteps()
+        places = threading.Semaphore(capacity)
+        participants = self._participants(capacity)
+
+        def participate(request: Request) -> None:
+            try:
+                result = steps.run(lambda: self._guarded(request.samples, request.options))
+            finally:
+                places.release()
+            if isinstance(result, Exception):
+                request.settle(None, result)
             else:
-                speech.append((i, regions))
-        if len(speech) == 1:
-            i, regions = speech[0]
-            results[i] = self._guarded(items[i][0], items[i][1], regions)
-        elif speech:
-            rendezvous = DecodeRendezvous(len(speech))
+                request.settle(result, None)
 
-            def run(i: int, regions: list[SpeechRegion] | None) -> None:
-                results[i] = rendezvous.run(lambda: self._guarded(items[i][0], items[i][1], regions))
+        def admit() -> None:
+            try:
+                while places.acquire() and (request := take()) is not None:
+                    steps.join()
+                    participants.submit(participate, request)
+            finally:
+                steps.close()
 
-            # Every participant must run at once (the rendezvous waits for all of them).
-            futures = [self._participants(len(speech)).submit(run, *entry) for entry in speech]
-            rendezvous.serve(self._decode_batch)
-            for future in futures:
-                future.result()
-        return [r if r is not None else RuntimeError("no result") for r in results]
+        admitter = threading.Thread(target=admit, name="asr-admit", daemon=True)
+        admitter.start()
+        with torch.inference_mode():
+            steps.serve(self._decoder_step, self._worker_threads, observe_step)
+        # Not after a failure: the admitter then ends when take() gives None, and whatever
+        # it still takes fails at once (batching.py).
+        admitter.join()
 
     def _participants(self, count: int) -> ThreadPoolExecutor:
         """Long-lived threads for a batch's requests, each on one OpenMP thread.
 
-        They only do whisper's bookkeeping (mels, prompts, results); the model runs on the
-        worker's own thread and team (batching.py). An OpenMP team per participant would
+        They do whisper's bookkeeping (mels, prompts, the search, results); the model runs on
+        the worker's own thread and team (batching.py). An OpenMP team per participant would
         give libgomp more threads than CPUs, and it then stops spinning in every team, the
         worker's too: single requests after the first batch ran about 35% slower.
         """
@@ -236,27 +284,30 @@ class Engine:
             self._pool_size = count
         return self._pool
 
-    def _guarded(self, samples: np.ndarray, options: TranscribeOptions,
-                 regions: list[SpeechRegion] | None) -> Transcription | Exception:
+    @staticmethod
+    def _decoder_step(states: Sequence[Any], tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         try:
+            return decoder_step(states, tokens)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()  # give the cached blocks back before the step is retried in halves
+            raise
+
+    def _worker_threads(self) -> None:
+        # A participant sets torch's default for new threads to 1 when it starts: put back
+        # the default, and this thread's own count, before the model runs.
+        torch.set_num_threads(self.settings.threads)
+
+    def _guarded(self, samples: np.ndarray, options: TranscribeOptions) -> Transcription | Exception:
+        try:
+            regions = self.vad.speech_regions(samples) if self.vad else None
+            if regions is not None and not regions:
+                return self._no_speech(samples, options)
             return self._transcribe(samples, options, regions)
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()  # give the cached blocks back before anyone retries
+            return exc
         except Exception as exc:  # reported to this request's caller only
             return exc
-
-    def _decode_batch(self, mel: torch.Tensor, options: DecodingOptions,
-                      languages: list[str | None]) -> list[DecodingResult]:
-        # The participants set torch's default for new threads to 1 when they started; every
-        # participant has started by now. Put back the default, and this thread's own count.
-        torch.set_num_threads(self.settings.threads)
-        try:
-            with torch.inference_mode():
-                results = decode_function(self.model, mel, options, languages)
-        except torch.cuda.OutOfMemoryError:
-            # Give the cached blocks back before the scheduler retries this batch in halves.
-            torch.cuda.empty_cache()
-            raise
-        assert isinstance(results, list)
-        return results
 
     def _no_speech(self, samples: np.ndarray, options: TranscribeOptions) -> Transcription:
         seconds = len(samples) / whisper.audio.SAMPLE_RATE

@@ -26,7 +26,7 @@ heuristics stay whisper's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,8 @@ from whisper.decoding import (
     Inference,
 )
 from whisper.model import MultiHeadAttention, TextDecoder, Whisper
+
+from asr_server.batching import DecoderSteps
 
 _FIRST_CAPACITY = 32
 
@@ -163,12 +165,12 @@ class GroupedCacheInference(Inference):  # type: ignore[misc]
     def _forward(self, new: Tensor, group: int) -> Tensor:
         """Run ``new`` tokens of every row through the decoder; the hidden states after its layer norm."""
         end = self.length + new.shape[1]
-        self._reserve(new.shape[0], end)
+        self.reserve(new.shape[0], end)
         dec = self.decoder
         dtype = self.cross[0][0].dtype
         x = (dec.token_embedding(new) + dec.positional_embedding[self.length:end]).to(dtype)
         for layer, block in enumerate(dec.blocks):
-            x = x + self._self_attention(block.attn, block.attn_ln(x), layer, end)
+            x = x + self._self_attention(block.attn, block.attn_ln(x), layer)
             x = x + self._cross_attention(block.cross_attn, block.cross_attn_ln(x), layer, group)
             x = x + block.mlp(block.mlp_ln(x))
         self.length = end
@@ -189,7 +191,7 @@ class GroupedCacheInference(Inference):  # type: ignore[misc]
             self.keys.append(audio_features.new_empty((0, heads, 0, keys.shape[-1])))
             self.values.append(audio_features.new_empty((0, heads, 0, keys.shape[-1])))
 
-    def _reserve(self, rows: int, length: int) -> None:
+    def reserve(self, rows: int, length: int) -> None:
         """Make every self-attention cache hold ``rows`` x ``length``; capacity grows by doubling."""
         capacity = self.keys[0].shape[2]
         if length <= capacity and rows == self.keys[0].shape[0]:
@@ -209,30 +211,37 @@ class GroupedCacheInference(Inference):  # type: ignore[misc]
             for i, cache in enumerate(caches):
                 caches[i] = cache.repeat_interleave(repeat, dim=0)
 
-    def _self_attention(self, attn: MultiHeadAttention, x: Tensor, layer: int, end: int) -> Tensor:
-        batch, n_new, state = x.shape
-        heads = attn.n_head
-        q = attn.query(x).view(batch, n_new, heads, -1).transpose(1, 2)
+    def _self_attention(self, attn: MultiHeadAttention, x: Tensor, layer: int) -> Tensor:
+        return attn.out(self.attend_self(attn.query(x), attn.key(x), attn.value(x), layer))  # type: ignore[no-any-return]
+
+    def attend_self(self, q: Tensor, k: Tensor, v: Tensor, layer: int) -> Tensor:
+        """Self-attention of the new positions (projected, before ``out``): their keys join the cache."""
+        batch, n_new, state = q.shape
+        heads = self.decoder.blocks[layer].attn.n_head
+        end = self.length + n_new
+        q = q.view(batch, n_new, heads, -1).transpose(1, 2)
         keys, values = self.keys[layer], self.values[layer]
-        keys[:, :, self.length:end] = attn.key(x).view(batch, n_new, heads, -1).transpose(1, 2)
-        values[:, :, self.length:end] = attn.value(x).view(batch, n_new, heads, -1).transpose(1, 2)
+        keys[:, :, self.length:end] = k.view(batch, n_new, heads, -1).transpose(1, 2)
+        values[:, :, self.length:end] = v.view(batch, n_new, heads, -1).transpose(1, 2)
         scores = ((q * q.shape[-1] ** -0.5) @ keys[:, :, :end].transpose(-1, -2)).float()
         if n_new > 1:
             scores = scores + self.decoder.mask[self.length:end, :end]
-        weights = F.softmax(scores, dim=-1).to(x.dtype)
-        out = (weights @ values[:, :, :end]).transpose(1, 2).reshape(batch, n_new, state)
-        return attn.out(out)  # type: ignore[no-any-return]
+        weights = F.softmax(scores, dim=-1).to(q.dtype)
+        return (weights @ values[:, :, :end]).transpose(1, 2).reshape(batch, n_new, state)
 
     def _cross_attention(self, attn: MultiHeadAttention, x: Tensor, layer: int, group: int) -> Tensor:
-        batch, n_new, state = x.shape
+        return attn.out(self.attend_cross(attn.query(x), layer, group))  # type: ignore[no-any-return]
+
+    def attend_cross(self, q: Tensor, layer: int, group: int) -> Tensor:
+        """Cross-attention of projected queries (before ``out``) to the audio."""
+        batch, n_new, state = q.shape
         keys, values = self.cross[layer]
         n_audio, heads = keys.shape[:2]
         # The sequences of one audio share its keys: their queries form one block per audio.
-        q = attn.query(x).view(n_audio, group * n_new, heads, -1).transpose(1, 2)
+        q = q.view(n_audio, group * n_new, heads, -1).transpose(1, 2)
         scores = ((q * q.shape[-1] ** -0.5) @ keys).float()
-        weights = F.softmax(scores, dim=-1).to(x.dtype)
-        out = (weights @ values).transpose(1, 2).reshape(batch, n_new, state)
-        return attn.out(out)  # type: ignore[no-any-return]
+        weights = F.softmax(scores, dim=-1).to(q.dtype)
+        return (weights @ values).transpose(1, 2).reshape(batch, n_new, state)
 
 
 class BatchedBeamSearch(BeamSearchDecoder):  # type: ignore[misc]
@@ -328,7 +337,7 @@ class GroupedDecodingTask(DecodingTask):  # type: ignore[misc]
                  languages: list[str | None] | None = None) -> None:
         super().__init__(model, options)
         self.languages = languages  # one per audio, overriding options.language; None: detect
-        self.inference = GroupedCacheInference(model, self.n_group, self._finished_audio)
+        self.inference = self._inference(model)
         if isinstance(self.decoder, BeamSearchDecoder):
             self.decoder = BatchedBeamSearch(self.decoder.beam_size, self.decoder.eot, self.inference,
                                              self.decoder.patience)
@@ -337,6 +346,9 @@ class GroupedDecodingTask(DecodingTask):  # type: ignore[misc]
                 batched = BatchedTimestampRules.__new__(BatchedTimestampRules)
                 batched.__dict__.update(rule.__dict__)
                 self.logit_filters[i] = batched
+
+    def _inference(self, model: Whisper) -> Inference:
+        return GroupedCacheInference(model, self.n_group, self._finished_audio)
 
     def _finished_audio(self, tokens: Tensor) -> list[bool]:
         """Per audio: is its search over? Its rows are then left out of every later step."""
@@ -377,6 +389,106 @@ class GroupedDecodingTask(DecodingTask):  # type: ignore[misc]
         return list(self.languages), None
 
 
+def decoder_step(states: Sequence[GroupedCacheInference], new_tokens: Sequence[Tensor]) -> list[Tensor]:
+    """One token more for every sequence of several decode calls, in one pass of the decoder.
+
+    Every linear layer and the vocabulary projection see all rows at once,
+    which is where batching pays; attention runs per decode call, against
+    its own caches at its own length. Returns each call's logits (rows, vocabulary).
+    """
+    decoder = states[0].decoder
+    rows = [tokens.shape[0] for tokens in new_tokens]
+    for state, count in zip(states, rows, strict=True):
+        state.reserve(count, state.length + 1)
+    positions = torch.cat([decoder.positional_embedding[state.length].expand(count, -1)
+                           for state, count in zip(states, rows, strict=True)])
+    dtype = states[0].cross[0][0].dtype
+    x = (decoder.token_embedding(torch.cat(list(new_tokens))) + positions.unsqueeze(1)).to(dtype)
+    for layer, block in enumerate(decoder.blocks):
+        attn, cross = block.attn, block.cross_attn
+        h = block.attn_ln(x)
+        parts = zip(states, attn.query(h).split(rows), attn.key(h).split(rows), attn.value(h).split(rows),
+                    strict=True)
+        x = x + attn.out(torch.cat([state.attend_self(q, k, v, layer) for state, q, k, v in parts]))
+        parts2 = zip(states, cross.query(block.cross_attn_ln(x)).split(rows), strict=True)
+        x = x + cross.out(torch.cat([state.attend_cross(q, layer, state.group) for state, q in parts2]))
+        x = x + block.mlp(block.mlp_ln(x))
+    hidden = decoder.ln(x)[:, -1]
+    logits = (hidden @ decoder.token_embedding.weight.to(hidden.dtype).T).float()
+    for state in states:  # only once the whole pass has succeeded: a failed one may be run again
+        state.length += 1
+    return list(logits.split(rows))
+
+
+class PromptLogits:
+    """A prompt's logits, projected on the worker at the two positions whisper's loop reads,
+    in one pass over the vocabulary matrix."""
+
+    def __init__(self, logits: ProjectedLogits, sot_index: int) -> None:
+        if logits.rows is not None:
+            raise ValueError("a decode call of one audio keeps all its rows")
+        self.tokens = logits.hidden.shape[1]
+        positions = sorted({sot_index, self.tokens - 1})
+        x = logits.hidden[:, positions]
+        projected = (x @ logits.embedding.to(x.dtype).T).float()
+        if logits.repeat > 1:
+            projected = projected.repeat_interleave(logits.repeat, dim=0)
+        self.at = {position: projected[:, i] for i, position in enumerate(positions)}
+
+    def __getitem__(self, key: tuple[slice, int]) -> Tensor:
+        rows, position = key
+        if rows != slice(None) or not isinstance(position, int):
+            raise IndexError("only logits[:, position] is computed")
+        return self.at[position % self.tokens]
+
+
+class SteppedInference(Inference):  # type: ignore[misc]
+    """One decode call's inference inside a continuous batch (batching.py).
+
+    Its caches are its own (a ``GroupedCacheInference`` of one audio); its
+    prompt runs on the worker on its own, and each later token in the
+    batch's shared decoder pass (``decoder_step``).
+    """
+
+    def __init__(self, model: Whisper, group: int, sot_index: int, steps: DecoderSteps) -> None:
+        self.state = GroupedCacheInference(model, group)
+        self.sot_index = sot_index
+        self.steps = steps
+        self.decoding = False
+
+    def logits(self, tokens: Tensor, audio_features: Tensor) -> PromptLogits | Tensor:
+        if not self.decoding:
+            self.decoding = True
+            self.steps.begin_decoding()
+            return self.steps.call(lambda: PromptLogits(self.state.logits(tokens, audio_features),
+                                                        self.sot_index))
+        # (rows, 1, vocabulary): whisper's loop reads logits[:, -1]
+        return self.steps.step(self.state, tokens[:, self.state.length:]).unsqueeze(1)
+
+    def rearrange_kv_cache(self, source_indices: list[int]) -> None:
+        self.state.rearrange_kv_cache(source_indices)
+
+    def cleanup_caching(self) -> None:
+        self.state.cleanup_caching()
+        if self.decoding:
+            self.decoding = False
+            self.steps.end_decoding()
+
+
+class SteppedDecodingTask(GroupedDecodingTask):
+    """whisper's DecodingTask for one window, its model work done by the continuous batch's worker."""
+
+    def __init__(self, model: Whisper, options: DecodingOptions, steps: DecoderSteps) -> None:
+        self.steps = steps
+        super().__init__(model, options)
+
+    def _inference(self, model: Whisper) -> Inference:
+        return SteppedInference(model, self.n_group, self.sot_index, self.steps)
+
+    def _get_audio_features(self, mel: Tensor) -> Any:
+        return self.steps.call(lambda: super(SteppedDecodingTask, self)._get_audio_features(mel))
+
+
 def decode(model: Whisper, mel: Tensor, options: DecodingOptions,
            languages: list[str | None] | None = None) -> DecodingResult | list[DecodingResult]:
     """whisper.decoding.decode, on the grouped caches: one window (n_mels, frames) or a batch.
@@ -388,3 +500,11 @@ def decode(model: Whisper, mel: Tensor, options: DecodingOptions,
         results: list[DecodingResult] = GroupedDecodingTask(model, options, languages).run(
             mel.unsqueeze(0) if single else mel)
     return results[0] if single else results
+
+
+def decode_stepped(model: Whisper, mel: Tensor, options: DecodingOptions,
+                   steps: DecoderSteps) -> DecodingResult:
+    """Decode one window (n_mels, frames) as a member of the continuous batch ``steps``."""
+    with torch.no_grad():
+        result: DecodingResult = SteppedDecodingTask(model, options, steps).run(mel.unsqueeze(0))[0]
+    return result

@@ -4,7 +4,9 @@ One thread owns the engine (it loads the model and runs every transcription),
 so torch never runs on the event loop. ``submit`` is the only way in: a full
 queue answers ``overloaded`` at once instead of letting latency grow without
 bound. The worker takes up to ``max_batch`` waiting requests at a time and
-hands them to the engine as one batch. A request whose caller has gone (its
+hands them to the engine as one batch; an engine that batches continuously
+(``ContinuousTranscriber``) instead takes each request as soon as one of its
+``max_batch`` places is free, and settles each the moment it is done. A request whose caller has gone (its
 awaiting task cancelled) leaves the queue at once, freeing its place and its
 audio, and never reaches the model; one that waited past ``deadline_s`` is
 answered ``overloaded`` rather than run late.
@@ -20,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -32,6 +34,14 @@ class Transcriber(Protocol):
     def transcribe_batch(
         self, items: list[tuple[np.ndarray, TranscribeOptions]]
     ) -> list[Transcription | Exception]: ...
+
+
+@runtime_checkable
+class ContinuousTranscriber(Transcriber, Protocol):
+    """An engine that takes requests while others run (the real one: continuous batching)."""
+
+    def transcribe_continuously(self, take: Callable[[], _Job | None], capacity: int,
+                                observe_step: Callable[[int], None]) -> None: ...
 
 
 @dataclass(eq=False)
@@ -144,18 +154,23 @@ class Scheduler:
             return
         self._ready.set()
         batch: list[_Job] | None = []
+        engine = self.engine
         try:
-            while (batch := self._take()) is not None:
+            if self._max_batch > 1 and isinstance(engine, ContinuousTranscriber):
+                engine.transcribe_continuously(self._take_one, self._max_batch, self._observe_batch)
+                return
+            while (batch := self._take(self._max_batch)) is not None:
                 if not batch:
                     continue
                 self._observe_batch(len(batch))
-                self._run_batch(self.engine, batch)
+                self._run_batch(engine, batch)
         except BaseException:
             # The worker is dying (a fatal error outside any one request): nobody may wait forever.
-            self._stopping = True
             dying = InternalError("the inference worker stopped")
             with self._changed:
+                self._stopping = True
                 waiting, self._waiting = [*(batch or []), *self._waiting], deque()
+                self._changed.notify_all()
             for job in waiting:
                 job.settle(None, dying)
             raise
@@ -179,14 +194,21 @@ class Scheduler:
             else:
                 job.settle(result, None)
 
-    def _take(self) -> list[_Job] | None:
-        """The next batch: the oldest waiting jobs, up to ``max_batch``; None: stopped and drained."""
+    def _take_one(self) -> _Job | None:
+        """The oldest waiting job still in time, once there is one; None: stopped and drained."""
+        while (jobs := self._take(1)) is not None:
+            if jobs:
+                return jobs[0]
+        return None
+
+    def _take(self, limit: int) -> list[_Job] | None:
+        """The next batch: the oldest waiting jobs, up to ``limit``; None: stopped and drained."""
         with self._changed:
             while not self._waiting and not self._stopping:
                 self._changed.wait()
             if not self._waiting:
                 return None
-            jobs = [self._waiting.popleft() for _ in range(min(self._max_batch, len(self._waiting)))]
+            jobs = [self._waiting.popleft() for _ in range(min(limit, len(self._waiting)))]
         now = time.monotonic()
         live = []
         for job in jobs:

@@ -343,7 +343,7 @@ def main() -> int:
     top = max(args.levels)
     for decoding, beam in decodings:
         print(f"{decoding}: {len(clips)} clips, {sum(c.duration for c in clips):.0f} s of audio", flush=True)
-        with ServerProcess(env=server_env(beam, 8)) as batched, \
+        with ServerProcess(env=server_env(beam, int(os.environ.get("BENCH_MAX_BATCH", "8")))) as batched, \
                 ServerProcess(env=server_env(beam, 1)) as unbatched:
             for server in (batched, unbatched):
                 checked_transcribe(server.url, clips[0])  # warm

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -306,6 +308,94 @@ def test_a_batch_out_of_memory_is_split_and_only_the_request_too_big_fails() -> 
         # 6 failed, then halves of 3 failed, then batches of at most 2 ran; 99 failed alone
         assert engine.batches[:2] == [1, 6] and max(engine.batches[2:]) <= 3
         assert (await scheduler.submit(audio(7), OPTIONS)).text == "7.0"  # and it goes on serving
+        scheduler.stop()
+
+    asyncio.run(scenario())
+
+
+class ContinuousStandInEngine(GatedStandInEngine):
+    """Stand-in for an engine that batches continuously: it holds each request it takes until
+    the test releases that request's marker, and takes another whenever one of its places is free."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release: dict[float, threading.Event] = {}
+        self.taken = threading.Condition()
+
+    def transcribe_continuously(self, take: Callable[[], Any], capacity: int,
+                                observe_step: Callable[[int], None]) -> None:
+        places = threading.Semaphore(capacity)
+        holders = []
+
+        def hold(job: Any) -> None:
+            marker = float(job.samples[0])
+            with self.taken:
+                gate = self.release.setdefault(marker, threading.Event())
+            gate.wait(10)
+            places.release()
+            job.settle(Transcription(text=str(marker), segments=(), language="en"), None)
+
+        while places.acquire() and (job := take()) is not None:
+            with self.taken:
+                self.calls.append(float(job.samples[0]))
+                self.taken.notify_all()
+            holders.append(threading.Thread(target=hold, args=(job,)))
+            holders[-1].start()
+        for holder in holders:
+            holder.join()
+
+    def let_go(self, marker: float) -> None:
+        with self.taken:
+            self.release.setdefault(marker, threading.Event()).set()
+
+    async def took(self, count: int) -> list[float]:
+        def wait() -> list[float]:
+            with self.taken:
+                self.taken.wait_for(lambda: len(self.calls) >= count, 10)
+                return list(self.calls)
+        return await asyncio.to_thread(wait)
+
+
+def test_a_continuous_engine_takes_each_request_as_soon_as_a_place_is_free() -> None:
+    async def scenario() -> None:
+        engine = ContinuousStandInEngine()
+        scheduler = Scheduler(lambda: engine, max_queue=8, max_batch=2, deadline_s=60.0)
+        scheduler.start()
+        await scheduler.wait_ready()
+        tasks = [asyncio.create_task(scheduler.submit(audio(m), OPTIONS)) for m in (1, 2, 3, 4)]
+        assert await engine.took(2) == [1.0, 2.0]
+        await asyncio.sleep(0.05)
+        assert scheduler.depth == 2 and engine.calls == [1.0, 2.0]  # both places are taken
+        engine.let_go(2)  # the second ends first: its place goes to the next in line, not later
+        assert (await tasks[1]).text == "2.0"
+        assert await engine.took(3) == [1.0, 2.0, 3.0] and scheduler.depth == 1
+        for marker in (1, 3, 4):
+            engine.let_go(marker)
+        assert [(await t).text for t in tasks] == ["1.0", "2.0", "3.0", "4.0"]
+        scheduler.stop()
+        assert not scheduler.alive
+
+    asyncio.run(scenario())
+
+
+def test_a_continuous_engine_gets_no_request_that_waited_past_the_deadline() -> None:
+    async def scenario() -> None:
+        engine = ContinuousStandInEngine()
+        scheduler = Scheduler(lambda: engine, max_queue=8, max_batch=2, deadline_s=0.2)
+        scheduler.start()
+        await scheduler.wait_ready()
+        held = [asyncio.create_task(scheduler.submit(audio(m), OPTIONS)) for m in (1, 2)]
+        await engine.took(2)
+        late = asyncio.create_task(scheduler.submit(audio(3), OPTIONS))
+        await asyncio.sleep(0.4)  # past the deadline while both places are held
+        engine.let_go(1)
+        with pytest.raises(Overloaded, match="waited"):
+            await late
+        fresh = asyncio.create_task(scheduler.submit(audio(4), OPTIONS))
+        engine.let_go(2)
+        engine.let_go(4)
+        assert [(await t).text for t in (*held, fresh)] == ["1.0", "2.0", "4.0"]
+        assert engine.calls == [1.0, 2.0, 4.0]
         scheduler.stop()
 
     asyncio.run(scenario())
