@@ -3,10 +3,11 @@
 openai-whisper does the decoding (``whisper.transcribe``: 30 s windows,
 temperature fallback, no-speech handling, timestamps). This module adds what
 a server needs around it: an explicit device and dtype, language detection
-restricted to the supported languages, the VAD gate, and batches of requests
-whose decode calls meet (batching.py) and run on the grouped-cache decoder
-(inference.py). Not thread-safe:
-only the scheduler's worker thread calls ``transcribe``.
+restricted to the supported languages, the VAD gate, and continuous batches
+of requests whose model work meets on the worker thread (batching.py) and
+runs on the grouped-cache decoder (inference.py). Not thread-safe: only the
+scheduler's worker thread calls ``transcribe``, ``transcribe_batch`` and
+``transcribe_continuously``.
 """
 
 from __future__ import annotations

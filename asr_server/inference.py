@@ -22,6 +22,11 @@ cost only what its unfinished audios need, not the longest one's times all.
 ``decode`` is whisper's ``decode`` with this inference plugged into whisper's
 own ``DecodingTask``: the search, the logit filters and the fallback
 heuristics stay whisper's.
+
+In a continuous batch (batching.py) each decode call keeps caches of its own
+(``SteppedInference``), and ``decoder_step`` takes one token more for all of
+them in one pass: the linear layers and the vocabulary projection see every
+row at once, attention runs per call at its own length.
 """
 
 from __future__ import annotations

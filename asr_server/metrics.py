@@ -86,7 +86,9 @@ class Metrics:
                               registry=registry)
         self.queue_depth = Gauge("asr_queue_depth", "Requests waiting for the inference worker",
                                  registry=registry)
-        self.batch_size = Histogram("asr_batch_size", "Requests decoded together in one decoder pass (ASR_MAX_BATCH=1: one per request)",
+        self.batch_size = Histogram("asr_batch_size",
+                                    "Requests decoded together in one decoder pass "
+                                    "(ASR_MAX_BATCH=1: one per request)",
                                     buckets=BATCH_BUCKETS, registry=registry)
         self.model_load_seconds = Gauge("asr_model_load_seconds", "Seconds the model took to load",
                                         registry=registry)

@@ -3,15 +3,16 @@
 One thread owns the engine (it loads the model and runs every transcription),
 so torch never runs on the event loop. ``submit`` is the only way in: a full
 queue answers ``overloaded`` at once instead of letting latency grow without
-bound. The worker takes up to ``max_batch`` waiting requests at a time and
-hands them to the engine as one batch; an engine that batches continuously
-(``ContinuousTranscriber``) instead takes each request as soon as one of its
-``max_batch`` places is free, and settles each the moment it is done. A request whose caller has gone (its
-awaiting task cancelled) leaves the queue at once, freeing its place and its
-audio, and never reaches the model; one that waited past ``deadline_s`` is
-answered ``overloaded`` rather than run late.
+bound. An engine that batches continuously (``ContinuousTranscriber``, the
+real one) is handed each request as soon as one of its ``max_batch`` places
+is free, and settles each the moment it is done; any other takes up to
+``max_batch`` waiting requests at a time as one batch. A request whose caller
+has gone (its awaiting task cancelled) leaves the queue at once, freeing its
+place and its audio, and never reaches the model; one that waited past
+``deadline_s`` is answered ``overloaded`` rather than run late.
 A batch that runs out of device memory is split in halves and retried, down
-to single requests: only a request too big to run alone fails, and only it.
+to single requests: only a request too big to run alone fails, and only it
+(a continuous engine does the same with each decoder pass, batching.py).
 """
 
 from __future__ import annotations
