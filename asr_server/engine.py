@@ -27,11 +27,12 @@ from typing import Any, Protocol, cast
 import numpy as np
 import torch
 import whisper
-from whisper.decoding import DecodingOptions, detect_language
+from whisper.decoding import DecodingOptions, DecodingResult, detect_language
 from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE, Tokenizer, get_tokenizer
 
 from asr_server.batching import DecoderSteps, current_steps
+from asr_server.call_batching import DecodeRendezvous, current_rendezvous
 from asr_server.inference import decode as decode_function
 from asr_server.inference import decode_stepped, decoder_step
 from asr_server.protocol import SUPPORTED_LANGUAGES, Segment, TranscribeOptions, Transcription
@@ -64,6 +65,14 @@ class EngineSettings:
     beam_size: int  # 1: greedy
     vad: bool = True
     quantize: str = "none"  # none | int8: dynamic int8 Linear layers, CPU only
+    batching: str = "auto"  # steps | calls | auto: steps on the CPU, calls on CUDA
+
+
+def batches_steps(batching: str, device: torch.device) -> bool:
+    """Continuous batching (batching.py) or whole decode calls (call_batching.py)?"""
+    if batching not in ("auto", "steps", "calls"):
+        raise ValueError(f"batching {batching!r}: auto, steps or calls")
+    return batching == "steps" or (batching == "auto" and device.type == "cpu")
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -86,12 +95,14 @@ class SupportedLanguagesWhisper(Whisper):  # type: ignore[misc]
     _language_tokenizer: Tokenizer | None = None
 
     def decode(self, mel: torch.Tensor, options: DecodingOptions | None = None) -> Any:
-        """Inside a continuous batch, the decode's model work is done by its worker (batching.py)."""
+        """Inside a continuous batch, the decode's model work is done by its worker (batching.py);
+        inside a batch of decode calls, the call meets the others (call_batching.py)."""
         options = options or DecodingOptions()
-        steps = current_steps()
-        if steps is None:
-            return decode_function(self, mel, options)
-        return decode_stepped(self, mel, options, steps)
+        if (steps := current_steps()) is not None:
+            return decode_stepped(self, mel, options, steps)
+        if (rendezvous := current_rendezvous()) is not None:
+            return rendezvous.decode(mel, options)
+        return decode_function(self, mel, options)
 
     def detect_language(
         self, mel: torch.Tensor, tokenizer: Tokenizer | None = None
@@ -185,6 +196,7 @@ class Engine:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.fp16 = self.device.type == "cuda"
+        self.continuous = batches_steps(settings.batching, self.device)
         started = time.monotonic()
         self.model = load_model(settings.model_path, self.device)
         if settings.quantize == "int8":
@@ -222,10 +234,12 @@ class Engine:
     def transcribe_batch(
         self, items: list[tuple[np.ndarray, TranscribeOptions]]
     ) -> list[Transcription | Exception]:
-        """Several requests at once, batched continuously; each entry is the request's
-        Transcription, or the exception that failed it alone."""
+        """Several requests at once, batched continuously or by decode call (``continuous``);
+        each entry is the request's Transcription, or the exception that failed it alone."""
         if len(items) == 1:
             return [self._guarded(*items[0])]
+        if not self.continuous:
+            return self._transcribe_by_decode_calls(items)
         requests = [_BatchItem(samples, options) for samples, options in items]
         waiting = list(reversed(requests))
         self.transcribe_continuously(lambda: waiting.pop() if waiting else None, len(items))
@@ -284,6 +298,34 @@ class Engine:
                                             initializer=_one_openmp_thread)
             self._pool_size = count
         return self._pool
+
+    def _transcribe_by_decode_calls(
+        self, items: list[tuple[np.ndarray, TranscribeOptions]]
+    ) -> list[Transcription | Exception]:
+        results: list[Transcription | Exception | None] = [None] * len(items)
+        rendezvous = DecodeRendezvous(len(items))
+
+        def run(i: int) -> None:
+            results[i] = rendezvous.run(lambda: self._guarded(*items[i]))
+
+        # Every participant must run at once (the rendezvous waits for all of them).
+        futures = [self._participants(len(items)).submit(run, i) for i in range(len(items))]
+        rendezvous.serve(self._decode_calls)
+        for future in futures:
+            future.result()
+        return [r if r is not None else RuntimeError("no result") for r in results]
+
+    def _decode_calls(self, mel: torch.Tensor, options: DecodingOptions,
+                      languages: list[str | None]) -> list[DecodingResult]:
+        self._worker_threads()
+        try:
+            with torch.inference_mode():
+                results = decode_function(self.model, mel, options, languages)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()  # give the cached blocks back before the batch is retried in halves
+            raise
+        assert isinstance(results, list)
+        return results
 
     @staticmethod
     def _decoder_step(states: Sequence[Any], tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:

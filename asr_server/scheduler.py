@@ -39,7 +39,10 @@ class Transcriber(Protocol):
 
 @runtime_checkable
 class ContinuousTranscriber(Transcriber, Protocol):
-    """An engine that takes requests while others run (the real one: continuous batching)."""
+    """An engine that takes requests while others run (the real one, when ``continuous``)."""
+
+    @property
+    def continuous(self) -> bool: ...
 
     def transcribe_continuously(self, take: Callable[[], _Job | None], capacity: int,
                                 observe_step: Callable[[int], None]) -> None: ...
@@ -157,7 +160,7 @@ class Scheduler:
         batch: list[_Job] | None = []
         engine = self.engine
         try:
-            if self._max_batch > 1 and isinstance(engine, ContinuousTranscriber):
+            if self._max_batch > 1 and isinstance(engine, ContinuousTranscriber) and engine.continuous:
                 engine.transcribe_continuously(self._take_one, self._max_batch, self._observe_batch)
                 return
             while (batch := self._take(self._max_batch)) is not None:

@@ -1,4 +1,4 @@
-"""Batching changes no text: the same greedy transcripts alone and in batches of 8, on 24 real clips."""
+"""Batching changes no text: the same transcripts alone and batched, continuously or by decode call."""
 
 from __future__ import annotations
 
@@ -40,9 +40,24 @@ def test_batched_text_equals_unbatched(engine: Engine) -> None:
         assert many.segments == one.segments and many.language == one.language
 
 
-def test_beam_search_batches_too() -> None:
+def test_decode_calls_batched_give_the_same_text(engine: Engine) -> None:
+    """ASR_BATCHING=calls (CUDA's default), tested here so it cannot rot on a CPU-only CI."""
+    calls = Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(), beam_size=1,
+                                  batching="calls"))
+    assert engine.continuous and not calls.continuous
+    clips = [c for c in load_manifest() if c.kind == "short"][1::2][:8]
+    items = [(decode_wav(c.path.read_bytes(), 1e9).samples, TranscribeOptions(c.lang, "transcribe"))
+             for c in clips]
+    for (samples, options), result in zip(items, calls.transcribe_batch(items), strict=True):
+        assert not isinstance(result, Exception), result
+        assert result.text == engine.transcribe(samples, options).text
+
+
+@pytest.mark.parametrize("batching", ["steps", "calls"])
+def test_beam_search_batches_too(batching: str) -> None:
     """Default decoding (beam 5) in a batch: each request gets its own result, not an error."""
-    beam = Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(), beam_size=5))
+    beam = Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(), beam_size=5,
+                                 batching=batching))
     clips = [c for c in load_manifest() if c.kind == "short"][1::7][:4]
     items = [(decode_wav(c.path.read_bytes(), 1e9).samples, TranscribeOptions(c.lang, "transcribe"))
              for c in clips]

@@ -317,6 +317,8 @@ class ContinuousStandInEngine(GatedStandInEngine):
     """Stand-in for an engine that batches continuously: it holds each request it takes until
     the test releases that request's marker, and takes another whenever one of its places is free."""
 
+    continuous = True
+
     def __init__(self) -> None:
         super().__init__()
         self.release: dict[float, threading.Event] = {}
