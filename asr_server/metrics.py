@@ -87,8 +87,8 @@ class Metrics:
         self.queue_depth = Gauge("asr_queue_depth", "Requests waiting for the inference worker",
                                  registry=registry)
         self.batch_size = Histogram("asr_batch_size",
-                                    "Requests decoded together in one decoder pass "
-                                    "(ASR_MAX_BATCH=1: one per request)",
+                                    "Requests decoded together: per decoder pass (ASR_BATCHING=steps), "
+                                    "per batch (calls), one per request at ASR_MAX_BATCH=1",
                                     buckets=BATCH_BUCKETS, registry=registry)
         self.model_load_seconds = Gauge("asr_model_load_seconds", "Seconds the model took to load",
                                         registry=registry)
