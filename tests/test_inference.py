@@ -12,7 +12,7 @@ from asr_server import inference
 from asr_server.audio import decode_wav
 from asr_server.config import Config
 from asr_server.engine import load_model
-from asr_server.inference import GroupedCacheInference, decode
+from asr_server.inference import GroupedCacheInference, decode, top_k
 from asr_server.testing import Clip, load_manifest
 
 
@@ -117,3 +117,13 @@ def test_a_finished_audio_leaves_the_batch(model: whisper.model.Whisper,
     assert steps[-1] < 4 * group  # by the end, the audios that finished had left
     assert sorted(steps[1:], reverse=True) == steps[1:]
     assert [r.tokens for r in batched] == [r.tokens for r in alone]
+
+
+def test_top_k_finds_what_topk_finds() -> None:
+    generator = torch.Generator().manual_seed(7)
+    for width in (51865, 51866, 1000, 7):
+        x = torch.log_softmax(torch.randn(5, width, generator=generator) * 4, dim=-1)
+        x[:, ::3] = -float("inf")  # suppressed tokens, as the logit filters leave them
+        x[4, 6:] = -float("inf")  # a row with fewer than six finite: padding must not be picked
+        expected, found = x.topk(6), top_k(x, 6)
+        assert torch.equal(found[0], expected.values) and torch.equal(found[1], expected.indices)
