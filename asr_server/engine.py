@@ -178,7 +178,9 @@ class Request(Protocol):
 
 
 @dataclass(eq=False)
-class _BatchItem:
+class ListedRequest:
+    """A request handed over by a caller that holds a list of them (``transcribe_batch``, scripts)."""
+
     samples: np.ndarray
     options: TranscribeOptions
     result: Transcription | Exception | None = None
@@ -240,7 +242,7 @@ class Engine:
             return [self._guarded(*items[0])]
         if not self.continuous:
             return self._transcribe_by_decode_calls(items)
-        requests = [_BatchItem(samples, options) for samples, options in items]
+        requests = [ListedRequest(samples, options) for samples, options in items]
         waiting = list(reversed(requests))
         self.transcribe_continuously(lambda: waiting.pop() if waiting else None, len(items))
         return [r.result if r.result is not None else RuntimeError("no result") for r in requests]

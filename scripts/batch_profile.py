@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from asr_server.audio import decode_wav  # noqa: E402
 from asr_server.config import Config  # noqa: E402
-from asr_server.engine import Engine, EngineSettings, _BatchItem  # noqa: E402
+from asr_server.engine import Engine, EngineSettings, ListedRequest  # noqa: E402
 from asr_server.protocol import TranscribeOptions  # noqa: E402
 from asr_server.testing import load_manifest  # noqa: E402
 
@@ -92,7 +92,7 @@ def main() -> int:
           f"{alone_s - timings.encoder_s:.1f} (decoding and all) | 1.00x |", flush=True)
     for capacity in args.capacity:
         timings.reset()
-        requests = [_BatchItem(samples, options) for samples, options in items]
+        requests = [ListedRequest(samples, options) for samples, options in items]
         waiting = list(reversed(requests))
         started = time.perf_counter()
         engine.transcribe_continuously(lambda queue=waiting: queue.pop() if queue else None,  # type: ignore[misc]

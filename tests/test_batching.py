@@ -13,7 +13,7 @@ import torch
 
 from asr_server.audio import decode_wav
 from asr_server.config import Config
-from asr_server.engine import Engine, EngineSettings, _BatchItem
+from asr_server.engine import Engine, EngineSettings, ListedRequest
 from asr_server.protocol import TranscribeOptions, Transcription
 from asr_server.testing import EVAL_DIR, ServerProcess, load_manifest
 
@@ -110,7 +110,7 @@ def test_requests_join_a_running_batch_as_places_free(engine: Engine) -> None:
     alone = [engine.transcribe(samples, options).text for samples, options in items]
     watch = DecoderPasses(engine)
     try:
-        requests = [_BatchItem(samples, options) for samples, options in items]
+        requests = [ListedRequest(samples, options) for samples, options in items]
         waiting = list(reversed(requests))
         engine.transcribe_continuously(lambda: waiting.pop() if waiting else None, capacity=2)
     finally:
