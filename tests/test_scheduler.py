@@ -358,12 +358,18 @@ class ContinuousStandInEngine(GatedStandInEngine):
         return await asyncio.to_thread(wait)
 
 
+async def continuous(deadline_s: float) -> tuple[Scheduler, ContinuousStandInEngine]:
+    """A ready scheduler with two places in a continuous stand-in engine."""
+    engine = ContinuousStandInEngine()
+    scheduler = Scheduler(lambda: engine, max_queue=8, max_batch=2, deadline_s=deadline_s)
+    scheduler.start()
+    await scheduler.wait_ready()
+    return scheduler, engine
+
+
 def test_a_continuous_engine_takes_each_request_as_soon_as_a_place_is_free() -> None:
     async def scenario() -> None:
-        engine = ContinuousStandInEngine()
-        scheduler = Scheduler(lambda: engine, max_queue=8, max_batch=2, deadline_s=60.0)
-        scheduler.start()
-        await scheduler.wait_ready()
+        scheduler, engine = await continuous(deadline_s=60.0)
         tasks = [asyncio.create_task(scheduler.submit(audio(m), OPTIONS)) for m in (1, 2, 3, 4)]
         assert await engine.took(2) == [1.0, 2.0]
         await asyncio.sleep(0.05)
@@ -382,10 +388,7 @@ def test_a_continuous_engine_takes_each_request_as_soon_as_a_place_is_free() -> 
 
 def test_a_continuous_engine_gets_no_request_that_waited_past_the_deadline() -> None:
     async def scenario() -> None:
-        engine = ContinuousStandInEngine()
-        scheduler = Scheduler(lambda: engine, max_queue=8, max_batch=2, deadline_s=0.2)
-        scheduler.start()
-        await scheduler.wait_ready()
+        scheduler, engine = await continuous(deadline_s=0.2)
         held = [asyncio.create_task(scheduler.submit(audio(m), OPTIONS)) for m in (1, 2)]
         await engine.took(2)
         late = asyncio.create_task(scheduler.submit(audio(3), OPTIONS))
