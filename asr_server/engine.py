@@ -5,9 +5,9 @@ temperature fallback, no-speech handling, timestamps). This module adds what
 a server needs around it: an explicit device and dtype, language detection
 restricted to the supported languages, the VAD gate, and batches of requests
 (continuous, batching.py, or by decode call, call_batching.py) whose model
-work runs on the worker thread on the grouped-cache decoder (inference.py). Not thread-safe: only the
-scheduler's worker thread calls ``transcribe``, ``transcribe_batch`` and
-``transcribe_continuously``.
+work runs on the worker thread, on the grouped-cache decoder (inference.py).
+Not thread-safe: only the scheduler's worker thread calls ``transcribe``,
+``transcribe_batch`` and ``transcribe_continuously``.
 """
 
 from __future__ import annotations
