@@ -393,7 +393,14 @@ class Engine:
         )
 
 def _one_openmp_thread() -> None:
-    """This thread's torch ops run on it alone (OpenMP keeps a thread count per thread)."""
+    """This thread's torch ops run on it alone (OpenMP keeps a thread count per thread).
+
+    torch sets a thread's count once more, lazily (at its first ``get_num_threads`` or
+    parallel op), to the count last set anywhere in the process: the worker's, which it
+    sets before every round. That lazy setting is made to happen here, before the count
+    is set to 1; otherwise participants ran with the worker's team size.
+    """
+    torch.get_num_threads()
     torch.set_num_threads(1)
 
 

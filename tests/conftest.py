@@ -31,10 +31,13 @@ def server() -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="session")
 def strict_server() -> Iterator[ServerProcess]:
-    """Tight limits and a queue of one, to reach every limit and overload."""
+    """Tight limits, one request at a time and a queue of one, to reach every limit and overload."""
     env = {"ASR_BEAM_SIZE": "1", "SERVER_API_KEY": KEY, "MAX_AUDIO_SECONDS": str(STRICT_MAX_SECONDS),
            "MAX_AUDIO_BYTES": str(STRICT_MAX_BYTES), "METADATA_TIMEOUT_S": str(STRICT_TIMEOUT_S),
-           "AUDIO_TIMEOUT_S": str(STRICT_TIMEOUT_S), "ASR_MAX_QUEUE": "1"}
+           "AUDIO_TIMEOUT_S": str(STRICT_TIMEOUT_S), "ASR_MAX_QUEUE": "1",
+           # One place in the engine: a second request waits in the queue instead of joining
+           # the first one's decode (continuous batching), so a third finds the queue full.
+           "ASR_MAX_BATCH": "1"}
     with ServerProcess(env=env) as process:
         yield process
 
