@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import torch
@@ -42,7 +42,9 @@ def current_steps() -> DecoderSteps | None:
 
 @dataclass(eq=False)
 class _Pending(Generic[T]):
-    done: bool = False
+    # Each participant waits on its own event: a post or a finished pass wakes only
+    # those it concerns, not every waiting thread (each of which needs the GIL).
+    done: threading.Event = field(default_factory=threading.Event)
     result: T | None = None
     error: BaseException | None = None
 
@@ -131,9 +133,8 @@ class DecoderSteps:
         with self._cond:
             if self._failure is not None:
                 raise self._failure
-            self._cond.notify_all()
-            while not pending.done:
-                self._cond.wait()
+            self._cond.notify()  # only the worker waits on the condition
+        pending.done.wait()
         if pending.error is not None:
             raise pending.error
         return pending.result
@@ -161,10 +162,8 @@ class DecoderSteps:
                 if steps:
                     observe_step(len(steps))
                     self._run_steps(run_steps, steps)
-                with self._cond:
-                    for pending in in_flight:
-                        pending.done = True
-                    self._cond.notify_all()
+                for pending in in_flight:
+                    pending.done.set()
                 in_flight = ()
         except BaseException as exc:
             stopped = RuntimeError("the inference worker stopped")
@@ -205,7 +204,8 @@ class DecoderSteps:
         """The worker is dying: every participant waiting now or later hears why, and none hangs."""
         with self._cond:
             self._failure = failure
-            for pending in (*in_flight, *self._calls, *self._steps):
-                pending.error, pending.done = failure, True
+            abandoned = (*in_flight, *self._calls, *self._steps)
             self._calls, self._steps = [], []
-            self._cond.notify_all()
+        for pending in abandoned:
+            pending.error = failure
+            pending.done.set()
