@@ -32,7 +32,7 @@ from asr_server.audio import decode_wav  # noqa: E402
 from asr_server.config import Config  # noqa: E402
 from asr_server.engine import Engine, EngineSettings, ListedRequest  # noqa: E402
 from asr_server.protocol import TranscribeOptions  # noqa: E402
-from asr_server.testing import load_manifest  # noqa: E402
+from tests.harness import load_manifest  # noqa: E402
 
 
 class Timings:

@@ -46,7 +46,7 @@ import soundfile as sf  # noqa: E402
 
 from asr_server.audio import decode_wav  # noqa: E402
 from asr_server.config import Config  # noqa: E402
-from asr_server.testing import (  # noqa: E402
+from tests.harness import (  # noqa: E402
     REPO,
     Clip,
     ServerProcess,

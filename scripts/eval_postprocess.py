@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asr_server.testing import REPO, LlamaServer, ServerProcess, load_manifest, normalise, transcribe
+from tests.harness import REPO, LlamaServer, ServerProcess, load_manifest, normalise, transcribe
 
 START, END = "<!-- measured:start -->", "<!-- measured:end -->"
 

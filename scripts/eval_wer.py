@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asr_server.audio import decode_wav
 from asr_server.config import Config
-from asr_server.testing import (
+from tests.harness import (
     REPO,
     Clip,
     ServerProcess,

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from asr_server.testing import REPO, Clip, ServerProcess, load_manifest, process_memory_mb, transcribe
+from tests.harness import REPO, Clip, ServerProcess, load_manifest, process_memory_mb, transcribe
 
 KEY = "load-test-key-3f9c"
 BAD: dict[str, tuple[dict[str, Any] | str, bytes | None, str, int]] = {

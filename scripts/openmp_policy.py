@@ -32,7 +32,7 @@ from asr_server.audio import decode_wav
 from asr_server.config import Config
 from asr_server.engine import load_model
 from asr_server.inference import decode
-from asr_server.testing import load_manifest
+from tests.harness import load_manifest
 torch.set_num_threads(2)
 model = load_model(Config().model_path, torch.device("cpu"))
 clips = [c for c in load_manifest() if c.kind == "short"][::4][:8]

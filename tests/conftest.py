@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from asr_server.testing import ServerProcess
+from tests.harness import ServerProcess
 
 KEYS = ("test-key-old-7f3a", "test-key-new-91c2")
 KEY = KEYS[1]

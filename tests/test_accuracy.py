@@ -12,7 +12,7 @@ import pytest
 
 from asr_server.audio import decode_wav
 from asr_server.config import Config
-from asr_server.testing import (
+from tests.harness import (
     ServerProcess,
     load_manifest,
     load_reference_model,

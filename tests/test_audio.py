@@ -11,7 +11,7 @@ import soundfile as sf
 
 from asr_server.audio import TARGET_RATE, decode_wav
 from asr_server.errors import AudioTooLong, InvalidAudio
-from asr_server.testing import wav_bytes
+from tests.harness import wav_bytes
 
 
 def sine(freq: float, rate: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:

@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from asr_server.testing import EVAL_DIR, ServerProcess, wav_bytes
+from tests.harness import EVAL_DIR, ServerProcess, wav_bytes
 
 from .conftest import STRICT_MAX_BYTES, STRICT_MAX_SECONDS, exchange, request
 from .wavcraft import ALAW, EXTENSIBLE, GSM610, IMA_ADPCM, MPEG_LAYER3, MULAW, float_wav, riff

@@ -15,7 +15,7 @@ from asr_server.audio import decode_wav
 from asr_server.config import Config
 from asr_server.engine import Engine, EngineSettings, ListedRequest
 from asr_server.protocol import TranscribeOptions, Transcription
-from asr_server.testing import EVAL_DIR, ServerProcess, load_manifest
+from tests.harness import EVAL_DIR, ServerProcess, load_manifest
 
 from .conftest import exchange, request
 

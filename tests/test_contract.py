@@ -12,7 +12,7 @@ import soundfile as sf
 from websockets.sync.client import connect
 
 from asr_server.protocol import SUPPORTED_LANGUAGES
-from asr_server.testing import EVAL_DIR, ServerProcess, wav_bytes
+from tests.harness import EVAL_DIR, ServerProcess, wav_bytes
 
 from .conftest import KEYS, STRICT_MAX_BYTES, STRICT_MAX_SECONDS, exchange, request
 

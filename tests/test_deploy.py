@@ -26,7 +26,7 @@ import yaml
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from asr_server.testing import EVAL_DIR, REPO, ServerProcess, wav_bytes
+from tests.harness import EVAL_DIR, REPO, ServerProcess, wav_bytes
 
 from .conftest import KEY, exchange, request
 from .test_spec_clients import adapt, spec_example

@@ -17,7 +17,7 @@ from asr_server.engine import (
     resolve_device,
 )
 from asr_server.protocol import SUPPORTED_LANGUAGES, Segment, TranscribeOptions
-from asr_server.testing import load_manifest
+from tests.harness import load_manifest
 from asr_server.vad import SpeechDetector, SpeechRegion
 
 

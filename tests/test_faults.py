@@ -22,7 +22,7 @@ from asr_server.postprocess import PostProcessor
 from asr_server.protocol import Transcription
 from asr_server.scheduler import Scheduler
 from asr_server.server import AsrServer
-from asr_server.testing import ServerProcess, wav_bytes
+from tests.harness import ServerProcess, wav_bytes
 
 from .conftest import exchange
 

@@ -13,7 +13,7 @@ from asr_server.audio import decode_wav
 from asr_server.config import Config
 from asr_server.engine import load_model
 from asr_server.inference import GroupedCacheInference, decode, top_k
-from asr_server.testing import Clip, load_manifest
+from tests.harness import Clip, load_manifest
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 
 from asr_server.config import Config, ConfigError
 from asr_server.limits import AudioBudget, ConnectionLimiter, client_address, parse_networks
-from asr_server.testing import EVAL_DIR, ServerProcess, wav_bytes
+from tests.harness import EVAL_DIR, ServerProcess, wav_bytes
 
 from .conftest import exchange
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from asr_server.testing import ServerProcess, wav_bytes
+from tests.harness import ServerProcess, wav_bytes
 
 from .conftest import KEY, exchange, request
 

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from asr_server.postprocess import judge_correction
-from asr_server.testing import EVAL_DIR, LlamaServer, ServerProcess, wav_bytes
+from tests.harness import EVAL_DIR, LlamaServer, ServerProcess, wav_bytes
 
 from .conftest import KEY, exchange, request
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from asr_server.testing import EVAL_DIR, ServerProcess
+from tests.harness import EVAL_DIR, ServerProcess
 
 from .conftest import KEYS, exchange, request
 

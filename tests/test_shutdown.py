@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from asr_server.testing import EVAL_DIR, ServerProcess
+from tests.harness import EVAL_DIR, ServerProcess
 
 from .conftest import exchange, request
 

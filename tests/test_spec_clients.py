@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_server.testing import EVAL_DIR, SPEC_PATH, ServerProcess, load_manifest, wer
+from tests.harness import EVAL_DIR, SPEC_PATH, ServerProcess, load_manifest, wer
 
 from .conftest import KEY
 

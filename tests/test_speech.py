@@ -12,7 +12,7 @@ import numpy as np
 import soundfile as sf
 from websockets.sync.client import connect
 
-from asr_server.testing import EVAL_DIR, ServerProcess, load_manifest, normalise, wav_bytes, wer
+from tests.harness import EVAL_DIR, ServerProcess, load_manifest, normalise, wav_bytes, wer
 
 from .conftest import exchange, request
 

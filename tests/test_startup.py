@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from asr_server.testing import REPO, ServerProcess
+from tests.harness import REPO, ServerProcess
 
 
 def start(**env: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from asr_server import ct2_convert, weights
 from asr_server.audio import decode_wav
 from asr_server.config import Config
 from asr_server.ct2_convert import ConversionError
-from asr_server.testing import EVAL_DIR
+from tests.harness import EVAL_DIR
 from asr_server.weights import PinnedModel, PinnedWheel
 
 CHECKPOINT = Config().model_path

@@ -1,6 +1,8 @@
 """Driving the real server from tests and scripts: start it as a subprocess, talk to it, score it.
 
-Not used by the server itself. ``ServerProcess`` starts ``python -m
+Test and benchmark code, never shipped in the ``asr_server`` package; scripts/
+import it from the checkout. The eval corpus is looked up on first use, not at
+import, so the pure unit tests need no ``shared/``. ``ServerProcess`` starts ``python -m
 asr_server`` on 127.0.0.1 with a free port and keeps every log line it
 writes (tests search them); ``transcribe`` is a plain protocol client;
 ``load_manifest`` and ``wer`` read ``../shared/eval`` and score with
@@ -9,6 +11,7 @@ Whisper's own text normalisers.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -53,9 +56,19 @@ def find_shared_dir() -> Path:
     raise FileNotFoundError(f"no shared/ with eval/manifest.jsonl in {candidates}; set ASR_SHARED_DIR")
 
 
-SHARED_DIR = find_shared_dir()
-EVAL_DIR = SHARED_DIR / "eval"
-SPEC_PATH = SHARED_DIR / "spec" / "asr-websocket-api.md"
+@functools.cache
+def _shared_paths() -> dict[str, Path]:
+    shared = find_shared_dir()
+    return {"SHARED_DIR": shared, "EVAL_DIR": shared / "eval",
+            "SPEC_PATH": shared / "spec" / "asr-websocket-api.md"}
+
+
+def __getattr__(name: str) -> Path:
+    """``SHARED_DIR``, ``EVAL_DIR`` and ``SPEC_PATH``, looked up on first use (not at import)."""
+    try:
+        return _shared_paths()[name]
+    except KeyError:
+        raise AttributeError(name) from None
 _LISTENING = re.compile(r"listening on ws://[^:]+:(\d+)/")
 _METRICS = re.compile(r"metrics on http://[^:]+:(\d+)/")
 
@@ -182,12 +195,12 @@ class Clip:
 def load_manifest(name: str = "manifest.jsonl", for_wer: bool = True) -> list[Clip]:
     """The eval clips; ``for_wer`` leaves out those the eval README says not to score."""
     clips = []
-    for line in (EVAL_DIR / name).read_text().splitlines():
+    for line in (_shared_paths()["EVAL_DIR"] / name).read_text().splitlines():
         row = json.loads(line)
         if for_wer and ("not for WER" in row.get("note", "") or "lucier" in row["path"]
                         or row.get("synthetic")):
             continue
-        clips.append(Clip(EVAL_DIR / row["path"], row["lang"], row["text"], row["duration"],
+        clips.append(Clip(_shared_paths()["EVAL_DIR"] / row["path"], row["lang"], row["text"], row["duration"],
                           row["kind"], row))
     return clips
 
