@@ -15,33 +15,10 @@ for _name, _value in OPENMP_DEFAULTS.items():
     os.environ.setdefault(_name, _value)
 
 
-def bound_allocator_retention() -> None:
-    """Have glibc give big freed blocks back to the system (measured in docs/benchmarks.md).
-
-    glibc serves blocks below its mmap threshold from its heaps and keeps them
-    when freed, and raises that threshold (up to 32 MiB) each time a big block
-    is freed; a batch's activations, caches and logits then stay resident
-    after the batch, and RSS creeps up to the worst batch seen. A fixed 4 MiB
-    threshold maps big blocks on their own, so freeing them returns the memory.
-    ``MALLOC_MMAP_THRESHOLD_`` in the environment wins.
-    """
-    if sys.platform != "linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl, say): its allocator behaves differently
-        return
-    m_mmap_threshold = -3  # from malloc.h
-    libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES)
-
-
-MMAP_THRESHOLD_BYTES = 4 << 20
-
-
 def main() -> int:
     import asyncio
+
+    from asr_server.memory import bound_allocator_retention
 
     bound_allocator_retention()
 

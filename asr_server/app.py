@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from asr_server.config import Config
 from asr_server.engine import Engine, EngineSettings
+from asr_server.memory import give_back
 from asr_server.metrics import Metrics
 from asr_server.postprocess import PostProcessor
 from asr_server.scheduler import Scheduler
@@ -31,6 +32,7 @@ EXIT_OK = 0
 EXIT_LOAD_FAILED = 1
 EXIT_WORKER_DIED = 70  # EX_SOFTWARE
 WATCH_INTERVAL_S = 0.25  # how often the worker is checked and the event loop's lag measured
+GIVE_BACK_INTERVAL_S = 10.0  # under steady traffic, how often freed memory is returned
 
 
 def engine_settings(config: Config) -> EngineSettings:
@@ -74,6 +76,24 @@ def describe_model(metrics: Metrics, scheduler: Scheduler, config: Config) -> No
                                  "dtype": engine.dtype_name})
 
 
+class MemoryReturn:
+    """Returns freed memory after traffic: when the last connection closes, and every so often under load."""
+
+    def __init__(self, server: AsrServer) -> None:
+        self._server = server
+        self._seen_traffic = False
+        self._last = 0.0
+
+    async def maybe_give_back(self, now: float) -> None:
+        open_now = self._server.open_connections + self._server.pending.total
+        self._seen_traffic |= open_now > 0
+        if not self._seen_traffic:
+            return
+        if open_now == 0 or now - self._last >= GIVE_BACK_INTERVAL_S:
+            self._seen_traffic, self._last = open_now > 0, now
+            await asyncio.to_thread(give_back)
+
+
 async def run(config: Config) -> int:
     log.debug("config: %r", config)  # the keys are left out of the repr
     settings = engine_settings(config)
@@ -83,6 +103,7 @@ async def run(config: Config) -> int:
     postprocessor = PostProcessor.from_config(config)
     server = AsrServer(config, scheduler, metrics, postprocessor)
     metrics.queue_depth.set_function(lambda: scheduler.depth)
+    metrics.pending_connections.set_function(lambda: server.pending.total)
     metrics.ready.set_function(server.ready)
     scheduler.start()
     ws_server = await server.listen()
@@ -114,6 +135,7 @@ async def run(config: Config) -> int:
         log.info("ready: http://%s:%d/health", config.host, port)
 
     code = EXIT_OK
+    memory = MemoryReturn(server)
     while not stop.is_set():
         woke_at = loop.time() + WATCH_INTERVAL_S
         try:
@@ -125,6 +147,7 @@ async def run(config: Config) -> int:
                 log.error("the inference worker thread died; exiting so the service is restarted")
                 code = EXIT_WORKER_DIED
                 break
+            await memory.maybe_give_back(loop.time())
 
     server.draining = True
     notify_systemd("STOPPING=1")

@@ -24,10 +24,14 @@ _FALSE = {"0", "false", "no", "off"}
 _DEVICES = ("auto", "cpu", "cuda")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-# A 16-bit mono WAV at 48 kHz (a common desktop capture rate) for the longest
-# audio allowed, plus room for headers: what MAX_AUDIO_BYTES defaults to.
-_DEFAULT_BYTES_PER_SECOND = 48_000 * 2
+# The largest WAV the spec allows (mono, Float32 or Int16) at 48 kHz, the highest common
+# capture rate, for the longest audio allowed, plus room for headers: MAX_AUDIO_BYTES's default.
+_DEFAULT_BYTES_PER_SECOND = 48_000 * 4
 _HEADER_ALLOWANCE = 64 * 1024
+# MAX_PENDING_CONNECTIONS's default: one per 64 MiB of memory (a pending connection holds at
+# most its metadata and one socket read, about 0.4 MiB: docs/reliability.md), within bounds.
+_MEMORY_PER_PENDING_CONNECTION = 64 << 20
+_PENDING_BOUNDS = (64, 4096)
 
 
 class ConfigError(ValueError):
@@ -61,6 +65,7 @@ class Config:
     max_inflight_audio_bytes: int = 1 << 30  # all requests' audio held at once
     max_connections: int = 0  # 0: no limit (nginx limits at the edge)
     max_connections_per_ip: int = 0  # 0: no limit
+    max_pending_connections: int = 0  # not yet authenticated; 0: sized for the host's memory
     trusted_proxies: tuple[Network, ...] = ()  # X-Forwarded-For is believed only from these
     metadata_timeout_s: float = 10.0
     audio_timeout_s: float = 30.0
@@ -82,6 +87,13 @@ class Config:
         if self.max_audio_bytes:
             return self.max_audio_bytes
         return int(self.max_audio_seconds * _DEFAULT_BYTES_PER_SECOND) + _HEADER_ALLOWANCE
+
+    @property
+    def effective_max_pending_connections(self) -> int:
+        if self.max_pending_connections:
+            return self.max_pending_connections
+        low, high = _PENDING_BOUNDS
+        return max(low, min(high, _physical_memory_bytes() // _MEMORY_PER_PENDING_CONNECTION))
 
     @property
     def model_path(self) -> Path:
@@ -133,6 +145,9 @@ class Config:
                                        lambda v: v >= 0, "must be 0 (no limit) or more"),
             max_connections_per_ip=reader.get("MAX_CONNECTIONS_PER_IP", int, defaults.max_connections_per_ip,
                                               lambda v: v >= 0, "must be 0 (no limit) or more"),
+            max_pending_connections=reader.get(
+                "MAX_PENDING_CONNECTIONS", int, defaults.max_pending_connections,
+                lambda v: 0 <= v <= 1_000_000, "must be 0 (sized for the host) .. 1000000"),
             trusted_proxies=reader.get("TRUSTED_PROXIES", parse_networks, defaults.trusted_proxies,
                                        lambda v: True, "", kind="comma-separated list of addresses or CIDRs"),
             metadata_timeout_s=reader.get("METADATA_TIMEOUT_S", float, defaults.metadata_timeout_s,
@@ -222,6 +237,13 @@ def _valid_device(value: str) -> bool:
 
 def _valid_llm_url(value: str) -> bool:
     return value.startswith(("http://", "https://")) and value.endswith("/v1")
+
+
+def _physical_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not on this platform: size for a small host
+        return 4 << 30
 
 
 def is_loopback(host: str) -> bool:

@@ -84,6 +84,9 @@ class Metrics:
                                              labels, buckets=LATENCY_BUCKETS, registry=registry)
         self.inflight = Gauge("asr_inflight_requests", "Transcribe requests being handled now",
                               registry=registry)
+        self.pending_connections = Gauge("asr_pending_connections",
+                                         "Connections that have not yet passed the key check",
+                                         registry=registry)
         self.queue_depth = Gauge("asr_queue_depth", "Requests waiting for the inference worker",
                                  registry=registry)
         self.batch_size = Histogram("asr_batch_size",

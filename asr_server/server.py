@@ -5,6 +5,10 @@ scheduler -> result frame -> close 1000. This is the only layer that knows
 of sockets: errors raised below become an error frame and a close code here,
 and the one log line per request is written here, whatever the outcome.
 Transcripts, audio and keys never reach the log.
+
+Before the key check a connection is one of at most ``MAX_PENDING_CONNECTIONS``
+and its reads are gated (``ws_gate``): the server holds its metadata frame
+and one socket read, and reads its audio only once the key has passed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from asr_server import protocol
@@ -26,22 +31,26 @@ from asr_server.audio import decode_wav
 from asr_server.config import Config
 from asr_server.errors import (
     CLOSE_NORMAL,
+    CLOSE_TOO_BIG,
     AsrError,
+    AudioTooLarge,
     BadRequest,
     InternalError,
     Overloaded,
-    RequestTimeout,
     Unauthorized,
 )
 from asr_server.limits import Allowance, AudioBudget, ConnectionLimiter, client_address
 from asr_server.metrics import Metrics, RequestOutcome
 from asr_server.postprocess import PostProcessor
 from asr_server.scheduler import Scheduler
+from asr_server.ws_gate import GatedConnection
 
 log = logging.getLogger(__name__)
 
 WS_PATH = "/ws/transcribe"
 HEALTH_PATH = "/health"
+CLIENT_GONE = "client_gone"  # statuses of requests that ended without a frame of ours
+CUT_BY_SHUTDOWN = "shutdown"  # still running when SIGTERM's grace period ended
 
 
 class ClientGone(Exception):
@@ -92,6 +101,8 @@ class AsrServer:
         self.keys = protocol.KeyRing(config.api_keys)
         self.connections = ConnectionLimiter(config.max_connections, config.max_connections_per_ip)
         self.audio_budget = AudioBudget(config.max_inflight_audio_bytes)
+        self.pending = ConnectionLimiter(config.effective_max_pending_connections)  # before auth
+        self.open_connections = 0
         self.draining = False
 
     def health(self) -> tuple[int, dict[str, Any]]:
@@ -127,8 +138,9 @@ class AsrServer:
             self.config.host,
             self.config.port,
             process_request=self.process_request,
+            create_connection=GatedConnection,
             compression=None,  # WAV does not compress, and deflate invites decompression bombs
-            max_size=self.config.effective_max_audio_bytes,
+            max_size=protocol.MAX_METADATA_BYTES,  # until auth; then MAX_AUDIO_BYTES (open_gate)
             max_queue=2,  # two frames make a request; more only buffers memory
             ping_interval=20,
             ping_timeout=20,
@@ -136,32 +148,57 @@ class AsrServer:
             server_header=None,
         )
 
-    async def handle(self, ws: ServerConnection) -> None:
+    async def handle(self, connection: ServerConnection) -> None:
+        assert isinstance(connection, GatedConnection)  # listen() makes every connection one
+        ws = connection
         record = RequestRecord()
         peer = str(ws.remote_address[0]) if ws.remote_address else "-"
         forwarded = ws.request.headers.get_all("X-Forwarded-For") if ws.request else []
         address = client_address(peer, forwarded, self.config.trusted_proxies)
-        if refusal := self.connections.admit(address):
+        if refusal := self._admit(address):
             record.status = Overloaded.code
             await _fail(ws, Overloaded(refusal))
             self._record(record)
             return
         self.metrics.inflight.inc()
+        self.open_connections += 1
         try:
-            await self._exchange(ws, record)
+            await self._exchange(ws, record, address)
         except AsrError as err:
             record.status = err.code
             await _fail(ws, err)
         except (ConnectionClosed, ClientGone):
-            record.status = "client_gone"
+            record.status = self._gone_status(ws)
         except Exception:
             log.exception("request %s failed", record.request_id)
             record.status = "internal_error"
             await _fail(ws, InternalError("unexpected server error"))
         finally:
+            if not record.authenticated:
+                self.pending.release(address)
             self.connections.release(address)
+            self.open_connections -= 1
             self.metrics.inflight.dec()
             self._record(record)
+
+    def _admit(self, address: str) -> str | None:
+        """Count the connection in (open, and not yet authenticated), or say why it is refused."""
+        if refusal := self.connections.admit(address):
+            return refusal
+        if self.pending.admit(address):
+            self.connections.release(address)
+            return (f"the server holds its limit of {self.pending.max_total} connections that have "
+                    "not yet sent a valid key (MAX_PENDING_CONNECTIONS); try again shortly")
+        return None
+
+    def _gone_status(self, ws: ServerConnection) -> str:
+        """Why an exchange ended without a frame of ours: from the close frame the library sent, if any."""
+        sent = ws.protocol.close_sent
+        if sent is not None and sent.code == CLOSE_TOO_BIG:  # a frame over max_size
+            return AudioTooLarge.code
+        if self.draining and sent is not None and sent.code == CloseCode.GOING_AWAY:
+            return CUT_BY_SHUTDOWN
+        return CLIENT_GONE
 
     def _record(self, record: RequestRecord) -> None:
         """The one place a request is logged and counted, whatever its outcome; pings are neither."""
@@ -171,17 +208,19 @@ class AsrServer:
         self.metrics.observe(record.outcome(label))
         log.info("request", extra={"fields": record.log_fields(label)})
 
-    async def _exchange(self, ws: ServerConnection, record: RequestRecord) -> None:
-        frame = await _receive(ws, self.config.metadata_timeout_s, "no metadata frame")
+    async def _exchange(self, ws: GatedConnection, record: RequestRecord, address: str) -> None:
+        frame = await ws.receive(self.config.metadata_timeout_s, "no metadata frame")
         obj = protocol.parse_metadata(frame)
         if protocol.is_ping(obj):
             record.kind = "ping"
+            ws.discard_data()
             await ws.send(protocol.pong_frame())
             await ws.close(CLOSE_NORMAL)
             return
         if not self.keys.allows(obj):
             raise Unauthorized("missing or wrong api_key")
         record.authenticated = True
+        self.pending.release(address)
         request = protocol.parse_transcribe(obj)
         record.machine_id = request.machine_id
         record.task, record.language = request.task, request.language or "detect"
@@ -193,19 +232,19 @@ class AsrServer:
         record.language = transcription.language or record.language
         await self._reply(ws, request, transcription, record)
 
-    async def _receive_and_transcribe(self, ws: ServerConnection, record: RequestRecord,
+    async def _receive_and_transcribe(self, ws: GatedConnection, record: RequestRecord,
                                       request: protocol.TranscribeRequest,
                                       allowance: Allowance) -> protocol.Transcription:
-        """Frame 2, held within the audio budget from its arrival until the transcript is ready."""
+        """Frame 2, held within the audio budget from its header until the transcript is ready."""
         if self.audio_budget.exhausted:  # refused before its audio is read into memory
             raise Overloaded("the server holds its limit of audio in flight; try again shortly")
+        # The frame's declared size is reserved before its payload is read (ws_gate).
+        ws.open_gate(self.config.effective_max_audio_bytes, allowance.hold)
         log.debug("request %s: metadata accepted, waiting for audio", record.request_id)
-        data = await _receive(ws, self.config.audio_timeout_s, "no audio frame")
+        data = await ws.receive(self.config.audio_timeout_s, "no audio frame")
         record.audio_arrived = time.monotonic()
         if isinstance(data, str):
             raise BadRequest("the second frame must be a binary frame holding a WAV file")
-        if not allowance.hold(len(data)):
-            raise Overloaded("the server holds its limit of audio in flight; try again shortly")
         audio = await asyncio.to_thread(decode_wav, data, self.config.max_audio_seconds)
         log.debug("request %s: %d bytes, %d Hz, %d channels, %.2f s", record.request_id, len(data),
                   audio.source_rate, audio.channels, audio.duration_s)
@@ -244,16 +283,9 @@ class AsrServer:
         return work.result()
 
 
-async def _receive(ws: ServerConnection, timeout_s: float, what: str) -> str | bytes:
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await ws.recv()
-    except TimeoutError:
-        raise RequestTimeout(f"{what} within {timeout_s:g} s") from None
-
-
-async def _fail(ws: ServerConnection, err: AsrError) -> None:
+async def _fail(ws: GatedConnection, err: AsrError) -> None:
     """Send the error frame and close with the error's code; the client may already be gone."""
+    ws.discard_data()  # whatever the client still sends is dropped, but its close frame
     try:
         await ws.send(protocol.error_frame(err))
         await ws.close(err.close_code, err.code)

@@ -37,7 +37,9 @@ def strict_server() -> Iterator[ServerProcess]:
            "AUDIO_TIMEOUT_S": str(STRICT_TIMEOUT_S), "ASR_MAX_QUEUE": "1",
            # One place in the engine: a second request waits in the queue instead of joining
            # the first one's decode (continuous batching), so a third finds the queue full.
-           "ASR_MAX_BATCH": "1"}
+           "ASR_MAX_BATCH": "1",
+           # Above the 500 idle connections of the bad-input corpus (test_preauth tests the cap).
+           "MAX_PENDING_CONNECTIONS": "1000"}
     with ServerProcess(env=env) as process:
         yield process
 

@@ -195,12 +195,13 @@ class Clip:
 def load_manifest(name: str = "manifest.jsonl", for_wer: bool = True) -> list[Clip]:
     """The eval clips; ``for_wer`` leaves out those the eval README says not to score."""
     clips = []
-    for line in (_shared_paths()["EVAL_DIR"] / name).read_text().splitlines():
+    eval_dir = _shared_paths()["EVAL_DIR"]
+    for line in (eval_dir / name).read_text().splitlines():
         row = json.loads(line)
         if for_wer and ("not for WER" in row.get("note", "") or "lucier" in row["path"]
                         or row.get("synthetic")):
             continue
-        clips.append(Clip(_shared_paths()["EVAL_DIR"] / row["path"], row["lang"], row["text"], row["duration"],
+        clips.append(Clip(eval_dir / row["path"], row["lang"], row["text"], row["duration"],
                           row["kind"], row))
     return clips
 
