@@ -38,7 +38,15 @@ def main() -> int:
 
     logs.configure(config.log_level, config.log_format)
 
-    return asyncio.run(app.run(config))
+    code = asyncio.run(app.run(config))
+    # A request cut off by SIGTERM's grace period may still be decoding in a pool thread, which
+    # the interpreter joins at exit (concurrent.futures does, daemon or not): leave without it.
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

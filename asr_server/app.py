@@ -16,6 +16,7 @@ import signal
 import socket
 
 from prometheus_client import CollectorRegistry
+from websockets.frames import CloseCode
 
 from asr_server.config import Config
 from asr_server.engine import Engine, EngineSettings
@@ -151,13 +152,17 @@ async def run(config: Config) -> int:
 
     server.draining = True
     notify_systemd("STOPPING=1")
-    log.info("draining: %d connections, grace %.0f s", len(ws_server.connections),
+    log.info("draining: %d connections, grace %g s", len(ws_server.connections),
              config.shutdown_grace_s)
     ws_server.close(close_connections=False)
     try:
-        await asyncio.wait_for(ws_server.wait_closed(), config.shutdown_grace_s)
+        await asyncio.wait_for(asyncio.shield(ws_server.wait_closed()), config.shutdown_grace_s)
     except TimeoutError:
-        ws_server.close(close_connections=True)
+        # The server's close is under way already, so a second close() would be ignored:
+        # each connection still open is closed here, with 1001 (going away).
+        log.warning("grace period over: closing %d connections", len(ws_server.connections))
+        cut = [connection.close(CloseCode.GOING_AWAY) for connection in ws_server.connections]
+        await asyncio.gather(*cut)
         await ws_server.wait_closed()
     if not ready.done():
         ready.cancel()

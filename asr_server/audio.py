@@ -2,8 +2,11 @@
 
 soundfile (libsndfile) parses the container, soxr resamples (HQ), numpy
 downmixes by mean. Length is checked from the header before any sample is
-decoded, so an over-long file costs no decoding. Blocking: call it off the
-event loop.
+decoded, so an over-long file costs no decoding. The samples are decoded,
+downmixed and resampled a block at a time (soxr's stream gives the same
+samples as its one-shot call), so a 30-minute Float32 48 kHz file costs its
+bytes and its 16 kHz result, not its samples three more times. Blocking:
+call it off the event loop.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ class DecodedAudio:
     channels: int
 
 
+BLOCK_FRAMES = 1 << 18  # per block: 5.5 s at 48 kHz; at most 32 MiB at 32 channels
+
+
 def decode_wav(data: bytes, max_seconds: float) -> DecodedAudio:
     """Decode a RIFF/WAVE file to 16 kHz mono float32, or raise ``InvalidAudio``/``AudioTooLong``."""
     _check_container(data)
@@ -52,30 +58,41 @@ def decode_wav(data: bytes, max_seconds: float) -> DecodedAudio:
                 raise AudioTooLong(
                     f"audio is {duration:.1f} s long; this server accepts at most {max_seconds:g} s"
                 )
-            samples = wav.read(dtype="float32", always_2d=True)
+            mono, n_frames = _decode_blocks(wav, rate, channels)
     except sf.LibsndfileError as exc:
         raise InvalidAudio(f"not a readable WAV file: {exc.error_string}") from None
     except (RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as exc:
         raise InvalidAudio(f"not a readable WAV file: {type(exc).__name__}") from None
-    if samples.shape[0] == 0:
+    if n_frames == 0:
         raise InvalidAudio("the WAV file holds no samples")
-    if not np.all(np.isfinite(samples)):
-        raise InvalidAudio("the WAV file holds NaN or infinite samples")
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, once
-        mono = samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples[:, 0]
-    if rate != TARGET_RATE:
-        mono = soxr.resample(mono, rate, TARGET_RATE, quality="HQ")
-    # Finite float samples near float32's limit overflow the downmix or the resampler.
-    if not np.all(np.isfinite(mono)):
-        raise InvalidAudio("the WAV file holds float samples too large to downmix or resample")
-    # Float WAVs may hold any finite value; a DAC clips at full scale, and so does this.
-    mono = np.clip(mono, -1.0, 1.0)
-    return DecodedAudio(
-        samples=np.ascontiguousarray(mono, dtype=np.float32),
-        duration_s=samples.shape[0] / rate,
-        source_rate=rate,
-        channels=channels,
-    )
+    return DecodedAudio(samples=mono, duration_s=n_frames / rate, source_rate=rate, channels=channels)
+
+
+def _decode_blocks(wav: sf.SoundFile, rate: int, channels: int) -> tuple[np.ndarray, int]:
+    """The whole file as 16 kHz mono float32, clipped to full scale, and the source frames read."""
+    stream = soxr.ResampleStream(rate, TARGET_RATE, 1, dtype="float32", quality="HQ") \
+        if rate != TARGET_RATE else None
+    parts: list[np.ndarray] = []
+    n_frames = 0
+    while True:
+        block = wav.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        last = block.shape[0] < BLOCK_FRAMES
+        n_frames += block.shape[0]
+        if not np.all(np.isfinite(block)):
+            raise InvalidAudio("the WAV file holds NaN or infinite samples")
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, once
+            mono = block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0]
+        if stream is not None:
+            mono = stream.resample_chunk(mono, last=last)
+        # Finite float samples near float32's limit overflow the downmix or the resampler.
+        if not np.all(np.isfinite(mono)):
+            raise InvalidAudio("the WAV file holds float samples too large to downmix or resample")
+        # Float WAVs may hold any finite value; a DAC clips at full scale, and so does this.
+        parts.append(np.clip(mono, -1.0, 1.0))
+        if last:
+            break
+    samples = np.concatenate(parts) if len(parts) != 1 else parts[0]
+    return np.ascontiguousarray(samples, dtype=np.float32), n_frames
 
 
 def _check_container(data: bytes) -> None:

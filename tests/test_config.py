@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from asr_server.config import Config, ConfigError, is_loopback
@@ -13,7 +15,7 @@ def test_defaults() -> None:
     assert config.max_audio_seconds == 1800 and config.metadata_timeout_s == 10
     assert config.audio_timeout_s == 30
     # 30 minutes of 48 kHz 16-bit mono, plus header room.
-    assert config.effective_max_audio_bytes == 1800 * 48_000 * 2 + 64 * 1024
+    assert config.effective_max_audio_bytes == 1800 * 48_000 * 4 + 64 * 1024  # mono Float32 at 48 kHz
 
 
 def test_keys_are_a_comma_separated_list_and_never_printed() -> None:
@@ -66,3 +68,13 @@ def test_model_is_a_name_or_a_path(tmp_path: object) -> None:
 def test_loopback() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1") and not is_loopback("example.org")
+
+
+def test_pending_connections_are_sized_for_the_host_unless_set() -> None:
+    auto = Config().effective_max_pending_connections
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert auto == max(64, min(4096, memory // (64 << 20)))
+    env = {"HOST": "127.0.0.1"}
+    assert Config.from_env({**env, "MAX_PENDING_CONNECTIONS": "7"}).effective_max_pending_connections == 7
+    with pytest.raises(ConfigError, match="MAX_PENDING_CONNECTIONS"):
+        Config.from_env({**env, "MAX_PENDING_CONNECTIONS": "-1"})
