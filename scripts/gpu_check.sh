@@ -12,10 +12,29 @@ out="${OUT:-gpu-results}"
 mkdir -p "$out"
 python3 -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.cuda.get_device_name(0))' | tee "$out/device.txt"
 export PYTHONUNBUFFERED=1
-# 1. the CUDA tests (the model comes from models/; without it they fail, which is the point)
-timeout 240 python3 -m pytest -q -m requires_cuda -p no:cacheprovider tests 2>&1 | tee "$out/cuda-tests.txt" || true
+# Each step's exit status is kept, neither hidden nor fatal at once: a failing CUDA test still
+# leaves the benchmark to run and print its figures, and then the script exits non-zero.
+status=0
+step() {  # step LOG COMMAND...: the command's output to the terminal and to LOG
+    local log=$1 rc=0
+    shift
+    "$@" 2>&1 | tee "$log" || rc=$?  # pipefail: the command's status (timeout's 124), not tee's
+    if [ "$rc" -ne 0 ]; then
+        echo "gpu_check: FAILED with exit $rc: $*" >&2
+        [ "$status" -ne 0 ] || status=$rc
+    fi
+}
+# 1. the CUDA tests (the model comes from models/; without it they fail, which is the point;
+#    none collected is exit 5, a failure too)
+step "$out/cuda-tests.txt" timeout 240 python3 -m pytest -q -m requires_cuda -p no:cacheprovider tests
 # 2. the decoder on real model shapes, random weights
-timeout 300 python3 scripts/gpu_bench.py --model large-v3 turbo --batches 1 32 --tokens 32 \
-    --out "$out/gpu-bench.md" 2>&1 | tee "$out/gpu-bench.log"
-timeout 120 python3 scripts/gpu_bench.py --model large-v3 --batches 1 8 --tokens 32 --beam 5 \
-    --out "$out/gpu-bench-beam5.md" 2>&1 | tee "$out/gpu-bench-beam5.log"
+step "$out/gpu-bench.log" timeout 300 python3 scripts/gpu_bench.py --model large-v3 turbo --batches 1 32 \
+    --tokens 32 --out "$out/gpu-bench.md"
+step "$out/gpu-bench-beam5.log" timeout 120 python3 scripts/gpu_bench.py --model large-v3 --batches 1 8 \
+    --tokens 32 --beam 5 --out "$out/gpu-bench-beam5.md"
+if [ "$status" -ne 0 ]; then
+    echo "gpu_check: a step failed (first failure's exit status: $status)" >&2
+else
+    echo "gpu_check: every step passed"
+fi
+exit "$status"

@@ -4,13 +4,15 @@ Test and benchmark code, never shipped in the ``asr_server`` package; scripts/
 import it from the checkout. The eval corpus is looked up on first use, not at
 import, so the pure unit tests need no ``shared/``. ``ServerProcess`` starts ``python -m
 asr_server`` on 127.0.0.1 with a free port and keeps every log line it
-writes (tests search them); ``transcribe`` is a plain protocol client;
+writes (tests search them) and reads single metrics; ``wait_until`` polls
+observable state in place of a fixed sleep; ``transcribe`` is a plain protocol client;
 ``load_manifest`` and ``wer`` read ``../shared/eval`` and score with
 Whisper's own text normalisers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import json
@@ -22,16 +24,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import soundfile as sf
 from websockets.sync.client import connect
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def find_shared_dir() -> Path:
@@ -117,16 +120,27 @@ class ServerProcess:
             if not self.metrics_port and (match := _METRICS.search(line)):
                 self.metrics_port = int(match[1])
 
-    def wait_for_line(self, needle: str, timeout_s: float = 10.0) -> str:
-        """The first log line holding ``needle``, waiting for the log to catch up."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            for line in list(self.lines):
-                if needle in line:
-                    return line
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no log line with {needle!r}")
-            time.sleep(0.05)
+    def wait_for_line(self, needle: str, timeout_s: float = 10.0, after: int = 0) -> str:
+        """The first log line holding ``needle`` from line ``after`` on, waiting for the log to catch up.
+
+        Pass ``after=len(server.lines)`` taken before the action: on a shared server an
+        older line with the same text would otherwise satisfy the wait at once.
+        """
+        def found() -> str | None:
+            return next((line for line in self.lines[after:] if needle in line), None)
+
+        line: str = wait_until(found, timeout_s, f"a log line with {needle!r} after line {after}")
+        return line
+
+    def metric(self, sample: str) -> float:
+        """One sample's value from the sidecar's /metrics, e.g. ``asr_queue_depth``; 0 if absent.
+
+        ``sample`` is the name with its labels as the exposition writes them
+        (``asr_requests_total{machine_id="ab12",status="ok",task="transcribe"}``).
+        """
+        text = self.http_get("/metrics", self.metrics_port)[1]
+        match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
+        return float(match[1]) if match else 0.0
 
     def stop(self, timeout_s: float = 30.0) -> int:
         assert self.proc is not None
@@ -157,6 +171,31 @@ class ServerProcess:
         except (urllib.error.URLError, ConnectionError):
             return 0, {}
         return status, json.loads(body)
+
+
+def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str,
+               interval_s: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that; fail naming ``what``.
+
+    Tests wait on state they can observe (a log line, a metric, queue depth), never
+    on a fixed sleep: a sleep is either too short on a loaded machine or wasted time.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(interval_s)
+    return value
+
+
+async def wait_until_async(predicate: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    """``wait_until`` inside an event loop: yields to the loop between polls, so its tasks can run."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(0.005)
+    return value
 
 
 def process_memory_mb(pid: int, field_name: str = "VmRSS") -> float:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 
 import numpy as np
 import soundfile as sf
 from websockets.sync.client import connect
 
 from asr_server.protocol import SUPPORTED_LANGUAGES
-from tests.harness import EVAL_DIR, ServerProcess, wav_bytes
+from tests.harness import EVAL_DIR, ServerProcess, wait_until, wav_bytes
 
-from .conftest import KEYS, STRICT_MAX_BYTES, STRICT_MAX_SECONDS, exchange, request
+from .conftest import KEYS, STRICT_MAX_BYTES, STRICT_MAX_SECONDS, Exchange, exchange, request
 
 JFK = EVAL_DIR / "en" / "en_whisper_jfk.wav"
 GERMAN = EVAL_DIR / "de" / "de_fleurs_001.wav"
@@ -152,22 +151,36 @@ def test_timeouts(strict_server: ServerProcess) -> None:
 
 
 def test_overloaded_when_the_queue_is_full(strict_server: ServerProcess) -> None:
+    """Queue of one, one request at a time: one runs, one waits, the next is refused at once."""
     samples, rate = sf.read(EVAL_DIR / "en" / "en_fleurs_002.wav", dtype="float32")
-    wav = wav_bytes(samples[: rate * (STRICT_MAX_SECONDS - 2)], rate)
-    results: list[dict[str, object]] = []
+    # 19 s of speech, just under the strict limit: the running request outlasts the steps below.
+    wav = wav_bytes(np.concatenate([samples, samples])[: rate * (STRICT_MAX_SECONDS - 1)], rate)
+    results: dict[str, Exchange] = {}
 
-    def client() -> None:
-        results.append(exchange(strict_server.url, request("en"), wav).reply)
+    def client(name: str) -> threading.Thread:
+        def run() -> None:
+            results[name] = exchange(strict_server.url, request("en"), wav)
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for thread in threads:
+        thread = threading.Thread(target=run)
         thread.start()
-        time.sleep(0.05)
-    for thread in threads:
+        return thread
+
+    # ASR_MAX_BATCH=1: each request on the worker is one batch of one, counted as it starts.
+    batches = strict_server.metric("asr_batch_size_count")
+    running = client("running")
+    wait_until(lambda: strict_server.metric("asr_batch_size_count") > batches, 60,
+               "the first request on the worker")
+    waiting = client("waiting")
+    wait_until(lambda: strict_server.metric("asr_queue_depth") == 1, 60, "the second request in the queue")
+    refused = exchange(strict_server.url, request("en"), wav)
+    assert refused.reply["error"] == "overloaded" and set(refused.reply) == {"error", "detail"}
+    assert "already waiting" in refused.reply["detail"], refused.reply
+    assert refused.close_code == 1013, (refused.close_code, refused.close_reason)
+    for thread in (running, waiting):
         thread.join(300)
-    codes = sorted(str(r.get("error", "ok")) for r in results)
-    # Queue of one: one request runs, one waits, the others are refused at once.
-    assert codes.count("overloaded") >= 1 and codes.count("ok") >= 2, codes
+    for name in ("running", "waiting"):
+        assert "romantic" in results[name].reply["text"], (name, results[name].reply)
+        assert results[name].close_code == 1000, name
     assert exchange(strict_server.url, {"type": "ping"}).reply["type"] == "pong"
 
 

@@ -26,7 +26,7 @@ import yaml
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.harness import EVAL_DIR, REPO, ServerProcess, wav_bytes
+from tests.harness import EVAL_DIR, REPO, ServerProcess, wait_until, wav_bytes
 
 from .conftest import KEY, exchange, request
 from .test_spec_clients import adapt, spec_example
@@ -136,35 +136,29 @@ class Prometheus:
         self.proc.wait(10)
 
 
-def wait_until(check: Any, timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.5)
-
-
 def test_prometheus_answers_the_spec_promql(backends: tuple[ServerProcess, ServerProcess],
                                             tmp_path: Path) -> None:
     first, second = backends
     prometheus = Prometheus(tmp_path, [f"127.0.0.1:{first.metrics_port}", f"127.0.0.1:{second.metrics_port}"])
     try:
-        assert wait_until(lambda: len(prometheus.series('up{job="asr-server"} == 1')) == 2)
-        time.sleep(1.5)
-        sent = {"aa01": 3, "bb02": 2, "cc03": 1}
-        # Two waves a few scrapes apart, so Prometheus sees the counters rise.
+        wait_until(lambda: len(prometheus.series('up{job="asr-server"} == 1')) == 2, 60,
+                   "Prometheus to scrape both backends", interval_s=0.5)
+
+        def scraped(totals: dict[str, float]) -> None:
+            wait_until(lambda: prometheus.query("sum by (machine_id) (asr_requests_total)") == totals, 60,
+                       f"Prometheus to scrape the request totals {totals}", interval_s=0.5)
+
+        sent: dict[str, float] = {}
+        # Two waves, the second sent once Prometheus has scraped the first, so it sees the counters
+        # rise (aa01 from 1 to 2 on the first backend).
         for wave in ({"aa01": 1, "bb02": 1, "cc03": 1}, {"aa01": 2, "bb02": 1}):
             for machine_id, count in wave.items():
                 for i in range(count):
                     target = (first, second)[i % 2]
                     assert exchange(target.url, request("en", machine_id=machine_id), HALF_SECOND
                                     ).reply["text"] == ""
-            time.sleep(3)
-        expected = {k: float(v) for k, v in sent.items()}
-        totals = wait_until(lambda: (r := prometheus.query("sum by (machine_id) (asr_requests_total)"))
-                            == expected and r)
-        assert totals == expected
+                sent[machine_id] = sent.get(machine_id, 0.0) + count
+            scraped(dict(sent))
         minutes = prometheus.query("sum by (machine_id) (asr_audio_seconds_total) / 60")
         assert minutes == pytest.approx({k: v * 0.5 / 60 for k, v in sent.items()})
         rates = prometheus.series("rate(asr_requests_total[1h])")

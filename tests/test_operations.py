@@ -65,9 +65,10 @@ def test_pings_are_not_counted(ops_server: ServerProcess) -> None:
 
 
 def test_one_json_log_line_per_request_without_secrets(ops_server: ServerProcess) -> None:
+    mark = len(ops_server.lines)
     exchange(ops_server.url, request("en", machine_id="feed01"), TINY)
     exchange(ops_server.url, request("en", api_key="nope-key-31337", machine_id="feed02"), TINY)
-    ops_server.wait_for_line('"error": "unauthorized"')
+    ops_server.wait_for_line('"error": "unauthorized"', after=mark)
     entries = [json.loads(line) for line in ops_server.lines if line.startswith("{")]
     assert len(entries) == len(ops_server.lines), "every line is JSON"
     requests = [e for e in entries if e["message"] == "request"]

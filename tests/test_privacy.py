@@ -15,8 +15,9 @@ def test_debug_log_holds_no_key_and_no_transcript(server: ServerProcess) -> None
         reply = exchange(server.url, request(language), (EVAL_DIR / path).read_bytes()).reply
         texts.append(reply["text"])
         texts += [seg["text"] for seg in reply["segments"]]
+    mark = len(server.lines)
     assert exchange(server.url, request("en", api_key=wrong_key)).reply["error"] == "unauthorized"
-    server.wait_for_line("error=unauthorized")
+    server.wait_for_line("error=unauthorized", after=mark)  # this request's line, not an older one
     log = "\n".join(server.lines)
     assert "status=ok" in log and "error=unauthorized" in log  # the requests were logged
     for secret in (*KEYS, wrong_key):

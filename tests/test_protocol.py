@@ -114,8 +114,21 @@ def test_result_frame_has_every_field_with_its_type() -> None:
     }
 
 
+# Each error's close code, as the README's error table documents it (RFC 6455: 1007 invalid
+# payload, 1008 policy violation, 1009 too big, 1011 internal error, 1013 try again later).
+CLOSE_CODES = {
+    "unauthorized": 1008, "bad_request": 1008, "unsupported_language": 1008, "timeout": 1008,
+    "invalid_audio": 1007, "audio_too_long": 1009, "audio_too_large": 1009,
+    "overloaded": 1013, "internal_error": 1011,
+}
+
+
+def test_every_error_code_is_documented() -> None:
+    assert sorted(error.code for error in ALL_ERRORS) == sorted(CLOSE_CODES)
+
+
 @pytest.mark.parametrize("error", ALL_ERRORS)
 def test_error_frames(error: type) -> None:
     frame = json.loads(protocol.error_frame(error("why it failed")))
     assert frame == {"error": error.code, "detail": "why it failed"}
-    assert 1000 < error.close_code < 4000
+    assert error.close_code == CLOSE_CODES[error.code]

@@ -18,6 +18,7 @@ import pytest
 from asr_server.errors import InternalError, Overloaded
 from asr_server.protocol import TranscribeOptions, Transcription
 from asr_server.scheduler import Scheduler
+from tests.harness import wait_until_async
 
 OPTIONS = TranscribeOptions("en", "transcribe")
 
@@ -48,7 +49,16 @@ def audio(marker: float) -> np.ndarray:
 
 
 async def started(engine: GatedStandInEngine) -> None:
-    await asyncio.to_thread(engine.started.wait, 10)
+    assert await asyncio.to_thread(engine.started.wait, 10), "the worker never called the engine"
+
+
+async def queued(scheduler: Scheduler, depth: int) -> None:
+    """Until ``depth`` requests wait in the queue: the tasks just created have reached ``submit``."""
+    await wait_until_async(lambda: scheduler.depth == depth, 10, f"{depth} requests in the queue")
+
+
+# The deadline tests' queue deadline; they keep a request waiting twice as long.
+DEADLINE_S = 0.2
 
 
 def make(max_queue: int, max_batch: int = 1, batches: list[int] | None = None,
@@ -91,13 +101,13 @@ def test_runs_one_at_a_time_in_order() -> None:
 def test_full_queue_answers_overloaded_at_once() -> None:
     async def scenario() -> None:
         scheduler, engine, running = await busy(max_queue=2)
-        queued = [asyncio.create_task(scheduler.submit(audio(i), OPTIONS)) for i in (2, 3)]
-        await asyncio.sleep(0.05)
+        waiting = [asyncio.create_task(scheduler.submit(audio(i), OPTIONS)) for i in (2, 3)]
+        await queued(scheduler, 2)
         with pytest.raises(Overloaded, match="2 requests"):
             await scheduler.submit(audio(4), OPTIONS)
         assert scheduler.depth == 2
         engine.gate.set()
-        await asyncio.gather(running, *queued)
+        await asyncio.gather(running, *waiting)
         assert engine.calls == [1.0, 2.0, 3.0]
         scheduler.stop()
 
@@ -109,7 +119,7 @@ def test_a_cancelled_request_never_reaches_the_model() -> None:
         scheduler, engine, running = await busy(max_queue=4)
         gone = asyncio.create_task(scheduler.submit(audio(2), OPTIONS))
         kept = asyncio.create_task(scheduler.submit(audio(3), OPTIONS))
-        await asyncio.sleep(0.05)
+        await queued(scheduler, 2)
         gone.cancel()
         with pytest.raises(asyncio.CancelledError):
             await gone  # the cancellation has reached the scheduler before the worker moves on
@@ -125,7 +135,7 @@ def test_a_cancelled_request_frees_its_place_at_once() -> None:
     async def scenario() -> None:
         scheduler, engine, running = await busy(max_queue=1)
         gone = asyncio.create_task(scheduler.submit(audio(2), OPTIONS))
-        await asyncio.sleep(0.05)
+        await queued(scheduler, 1)
         with pytest.raises(Overloaded):
             await scheduler.submit(audio(3), OPTIONS)  # the one place is taken
         gone.cancel()
@@ -133,8 +143,7 @@ def test_a_cancelled_request_frees_its_place_at_once() -> None:
             await gone
         assert scheduler.depth == 0  # left the queue while the worker is still busy
         kept = asyncio.create_task(scheduler.submit(audio(4), OPTIONS))
-        await asyncio.sleep(0.05)
-        assert scheduler.depth == 1
+        await queued(scheduler, 1)  # the freed place is taken again
         engine.gate.set()
         assert (await kept).text == "4.0"
         await running
@@ -215,7 +224,7 @@ def test_waiting_requests_are_taken_together_up_to_max_batch() -> None:
         first = asyncio.create_task(scheduler.submit(audio(0), OPTIONS))
         await started(engine)  # the worker holds a batch of one; six more now wait
         rest = [asyncio.create_task(scheduler.submit(audio(i), OPTIONS)) for i in range(1, 7)]
-        await asyncio.sleep(0.05)
+        await queued(scheduler, 6)
         engine.gate.set()
         results = await asyncio.gather(first, *rest)
         assert [r.text for r in results] == [str(float(i)) for i in range(7)]
@@ -227,12 +236,15 @@ def test_waiting_requests_are_taken_together_up_to_max_batch() -> None:
 
 def test_a_request_that_waited_past_the_deadline_is_overloaded() -> None:
     async def scenario() -> None:
-        scheduler, engine = make(max_queue=4, deadline_s=0.2)
+        scheduler, engine = make(max_queue=4, deadline_s=DEADLINE_S)
         await scheduler.wait_ready()
         running = asyncio.create_task(scheduler.submit(audio(1), OPTIONS))
         await started(engine)
         late = asyncio.create_task(scheduler.submit(audio(2), OPTIONS))
-        await asyncio.sleep(0.4)  # past the deadline while the worker is busy
+        await queued(scheduler, 1)
+        # Time in the queue is what is under test, and only the clock measures it: a fixed wait,
+        # past the deadline, while the gate holds the worker busy.
+        await asyncio.sleep(2 * DEADLINE_S)
         engine.gate.set()
         assert (await running).text == "1.0"
         with pytest.raises(Overloaded, match="waited"):
@@ -251,7 +263,7 @@ def test_one_failing_request_in_a_batch_fails_alone() -> None:
         await started(engine)
         bad = asyncio.create_task(scheduler.submit(audio(-1), OPTIONS))
         good = asyncio.create_task(scheduler.submit(audio(2), OPTIONS))
-        await asyncio.sleep(0.05)
+        await queued(scheduler, 2)
         engine.gate.set()
         await first
         with pytest.raises(RuntimeError, match="injected"):
@@ -296,7 +308,7 @@ def test_a_batch_out_of_memory_is_split_and_only_the_request_too_big_fails() -> 
         await started(engine)  # the worker is busy: the next six are taken as one batch
         markers = [1, 2, 99, 4, 5, 6]
         tasks = [asyncio.create_task(scheduler.submit(audio(m), OPTIONS)) for m in markers]
-        await asyncio.sleep(0.05)
+        await queued(scheduler, 6)
         engine.gate.set()
         await held
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -353,7 +365,8 @@ class ContinuousStandInEngine(GatedStandInEngine):
     async def took(self, count: int) -> list[float]:
         def wait() -> list[float]:
             with self.taken:
-                self.taken.wait_for(lambda: len(self.calls) >= count, 10)
+                assert self.taken.wait_for(lambda: len(self.calls) >= count, 10), (
+                    f"the engine took {self.calls}, not {count} requests")
                 return list(self.calls)
         return await asyncio.to_thread(wait)
 
@@ -372,8 +385,8 @@ def test_a_continuous_engine_takes_each_request_as_soon_as_a_place_is_free() -> 
         scheduler, engine = await continuous(deadline_s=60.0)
         tasks = [asyncio.create_task(scheduler.submit(audio(m), OPTIONS)) for m in (1, 2, 3, 4)]
         assert await engine.took(2) == [1.0, 2.0]
-        await asyncio.sleep(0.05)
-        assert scheduler.depth == 2 and engine.calls == [1.0, 2.0]  # both places are taken
+        await queued(scheduler, 2)
+        assert engine.calls == [1.0, 2.0]  # both places are taken: 3 and 4 wait
         engine.let_go(2)  # the second ends first: its place goes to the next in line, not later
         assert (await tasks[1]).text == "2.0"
         assert await engine.took(3) == [1.0, 2.0, 3.0] and scheduler.depth == 1
@@ -388,11 +401,13 @@ def test_a_continuous_engine_takes_each_request_as_soon_as_a_place_is_free() -> 
 
 def test_a_continuous_engine_gets_no_request_that_waited_past_the_deadline() -> None:
     async def scenario() -> None:
-        scheduler, engine = await continuous(deadline_s=0.2)
+        scheduler, engine = await continuous(deadline_s=DEADLINE_S)
         held = [asyncio.create_task(scheduler.submit(audio(m), OPTIONS)) for m in (1, 2)]
         await engine.took(2)
         late = asyncio.create_task(scheduler.submit(audio(3), OPTIONS))
-        await asyncio.sleep(0.4)  # past the deadline while both places are held
+        await queued(scheduler, 1)
+        # As above: only the clock shows time in the queue; both places are held meanwhile.
+        await asyncio.sleep(2 * DEADLINE_S)
         engine.let_go(1)
         with pytest.raises(Overloaded, match="waited"):
             await late

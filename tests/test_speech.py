@@ -12,7 +12,7 @@ import numpy as np
 import soundfile as sf
 from websockets.sync.client import connect
 
-from tests.harness import EVAL_DIR, ServerProcess, load_manifest, normalise, wav_bytes, wer
+from tests.harness import EVAL_DIR, ServerProcess, load_manifest, normalise, wait_until, wav_bytes, wer
 
 from .conftest import exchange, request
 
@@ -28,9 +28,7 @@ def test_digital_silence_is_empty_and_runs_no_model(server: ServerProcess) -> No
     result = exchange(server.url, request("en"), wav_bytes(np.zeros(16_000 * 10, dtype=np.int16), 16_000))
     assert result.reply["text"] == "" and result.reply["segments"] == []
     assert result.reply["language"] == "en" and result.close_code == 1000
-    deadline = time.monotonic() + 10
-    while no_speech_lines(server) < before + 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: no_speech_lines(server) > before, 10, "the VAD's no-speech log line")
     assert no_speech_lines(server) == before + 1
 
 
@@ -62,9 +60,16 @@ def test_long_audio_whole_with_timestamps_while_pings_are_answered(server: Serve
         result.update(exchange(server.url, request("en"), clip.path.read_bytes(), timeout_s=900).reply)
         events["long_result"] = time.monotonic()
 
+    def decoder_passes() -> float:
+        return server.metric("asr_batch_size_count")
+
+    passes = decoder_passes()
     thread = threading.Thread(target=long_request)
     thread.start()
-    time.sleep(3.0)  # the long clip is now decoding on the worker
+    # The ping goes out once the long clip is decoding on the worker: its first decoder pass is
+    # counted (no other request runs on this server meanwhile), and minutes of audio remain.
+    wait_until(lambda: decoder_passes() > passes, 120, "the long clip's first decoder pass")
+    assert "long_result" not in events, "the long clip was done before the ping could test anything"
     with connect(server.url) as ws:
         ws.send(json.dumps({"type": "ping"}))
         assert json.loads(ws.recv(timeout=30)) == {"type": "pong", "status": "ok"}
