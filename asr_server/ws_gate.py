@@ -149,13 +149,14 @@ class GatedConnection(ServerConnection):
         self._held = bytearray()
         self._reading_paused = False
         self._reserve: Reserve = lambda n_bytes: True
+        self._max_message_bytes = MAX_METADATA_BYTES
         self._refusal: asyncio.Future[AsrError] = self.loop.create_future()
 
     # The handler's side.
 
     def open_gate(self, max_message_bytes: int, reserve: Reserve) -> None:
         """Auth passed: read on, up to ``max_message_bytes`` a message, each data frame ``reserve``d first."""
-        self.protocol.max_message_size = max_message_bytes
+        self.protocol.max_message_size = self._max_message_bytes = max_message_bytes
         self._reserve = reserve
         self._switch(Mode.OPEN)
 
@@ -204,7 +205,8 @@ class GatedConnection(ServerConnection):
                 if kind is Piece.HEADER and is_data and scanner.message_bytes > MAX_METADATA_BYTES:
                     self._refuse(BadRequest(f"metadata frame is larger than {MAX_METADATA_BYTES} bytes"))
             elif self.gate_mode is Mode.OPEN and kind is Piece.HEADER and is_data \
-                    and not self._reserve(scanner.message_bytes):
+                    and scanner.message_bytes <= self._max_message_bytes \
+                    and not self._reserve(scanner.message_bytes):  # (a larger one: the library's 1009)
                 self._refuse(Overloaded("the server holds its limit of audio in flight; try again shortly"))
             if self.gate_mode is Mode.DISCARD and is_data:
                 continue

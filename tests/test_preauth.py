@@ -20,7 +20,7 @@ import pytest
 from websockets.asyncio.client import connect as async_connect
 
 from tests.conftest import KEY, exchange, request
-from tests.harness import EVAL_DIR, ServerProcess, process_memory_mb
+from tests.harness import EVAL_DIR, ServerProcess, process_memory_mb, wait_until, wait_until_async
 
 JFK = EVAL_DIR / "en" / "en_whisper_jfk.wav"
 ATTACKERS = 60
@@ -125,8 +125,8 @@ def test_60_unauthenticated_160_mb_frames_cost_at_most_300_mb(keyed_server: Serv
     assert all(json.loads(unmasked_text(a))["error"] == "unauthorized" for a in answers), answers[:3]
     peak_growth = rss.peak - rss.before
     # Every attacker's request has been counted: the connections are over on the server's side too.
-    while metric(keyed_server, "asr_requests_total", 'status="unauthorized"') < ATTACKERS:
-        time.sleep(0.05)
+    wait_until(lambda: metric(keyed_server, "asr_requests_total", 'status="unauthorized"') >= ATTACKERS,
+               60, "every attacker's request counted")
     time.sleep(5)  # not a wait for a state: the figure is what is still held 5 s after
     held = rss.now - rss.before
     print(f"RSS before {rss.before:.0f} MB, peak +{peak_growth:.0f} MB, 5 s after +{held:.0f} MB")
@@ -141,8 +141,8 @@ def test_200_silent_connections_do_not_keep_a_real_client_out(keyed_server: Serv
     async def scenario() -> dict[str, object]:
         silent = [await raw_open(keyed_server.port) for _ in range(200)]
         try:
-            while metric(keyed_server, "asr_pending_connections") < 200:
-                await asyncio.sleep(0.05)  # polls the gauge the server publishes
+            await wait_until_async(lambda: metric(keyed_server, "asr_pending_connections") >= 200,
+                                   60, "200 connections pending")
             return await asyncio.to_thread(lambda: exchange(keyed_server.url, request("en"),
                                                             JFK.read_bytes()).reply)
         finally:
@@ -159,14 +159,14 @@ def test_past_the_pending_cap_a_connection_is_overloaded_until_one_leaves() -> N
     with ServerProcess(env=env) as server:
         async def scenario() -> tuple[str, int | None, dict[str, object]]:
             silent = [await raw_open(server.port) for _ in range(4)]
-            while metric(server, "asr_pending_connections") < 4:
-                await asyncio.sleep(0.05)
+            await wait_until_async(lambda: metric(server, "asr_pending_connections") >= 4, 60,
+                                   "4 connections pending")
             async with async_connect(server.url) as ws:
                 refused = json.loads(await ws.recv())
                 await ws.wait_closed()
             silent.pop()[1].close()
-            while metric(server, "asr_pending_connections") > 3:
-                await asyncio.sleep(0.05)
+            await wait_until_async(lambda: metric(server, "asr_pending_connections") <= 3, 60,
+                                   "a pending connection counted out")
             served = await asyncio.to_thread(lambda: exchange(server.url, request("en"),
                                                               JFK.read_bytes()).reply)
             for _reader, writer in silent:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import signal
 import threading
 
 from tests.conftest import STRICT_MAX_BYTES, exchange, request
-from tests.harness import EVAL_DIR, ServerProcess
+from tests.harness import EVAL_DIR, ServerProcess, wait_until
+from tests.test_preauth import frame_header, raw_open
 
 LONG = EVAL_DIR / "long" / "en_ljspeech_LJ001-0001_to_0032_concat.wav"
 
@@ -44,3 +47,21 @@ def test_a_request_cut_by_the_grace_period_counts_as_shutdown() -> None:
         assert "status=error" in line
     (cut,) = result
     assert cut.close_code == 1001 and cut.replies == []  # type: ignore[attr-defined]
+
+
+def test_a_frame_declared_over_max_size_and_the_budget_is_still_audio_too_large(
+        strict_server: ServerProcess) -> None:
+    """The budget is not asked for a frame the library refuses anyway: 1009, not overloaded."""
+    async def scenario() -> bytes:
+        reader, writer = await raw_open(strict_server.port)
+        metadata = json.dumps(request("en")).encode()
+        writer.write(frame_header(0x1, len(metadata)) + metadata + frame_header(0x2, 1 << 31))
+        closing = await reader.read(64)  # the library's close frame: no payload was needed
+        writer.close()
+        return closing
+
+    before = requests_with_status(strict_server, "audio_too_large")
+    closing = asyncio.run(scenario())
+    assert closing[0] == 0x88 and int.from_bytes(closing[2:4], "big") == 1009, closing
+    wait_until(lambda: requests_with_status(strict_server, "audio_too_large") == before + 1, 30,
+               "the request counted as audio_too_large")
