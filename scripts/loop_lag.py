@@ -3,7 +3,7 @@
 The real server runs as a subprocess. The script first gives it the full
 ``machine_id`` label cap (requests of silence, two tasks per id: no model
 call), then, while one client pings every 50 ms and another scrapes
-/metrics back to back, sends a 27-minute recording (the LJSpeech chapter,
+/metrics every 5 s (Prometheus' default is 15 s), sends a 27-minute recording (the LJSpeech chapter,
 seven times) with post-processing on. The LLM is tests/echo_llm.py: it
 answers the transcript back lightly edited, the reply that makes the guard
 do all its work (no LLM that runs here can correct 27 minutes).
@@ -86,9 +86,9 @@ class Pinger(threading.Thread):
 
 
 class Scraper(threading.Thread):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, every_s: float) -> None:
         super().__init__(daemon=True)
-        self.url, self.times, self.sizes, self.stop = url, [], [], threading.Event()
+        self.url, self.every_s, self.times, self.sizes, self.stop = url, every_s, [], [], threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -96,6 +96,7 @@ class Scraper(threading.Thread):
             with urllib.request.urlopen(self.url, timeout=120) as response:  # noqa: S310 (http only)
                 self.sizes.append(len(response.read()))
             self.times.append(time.monotonic() - started)
+            self.stop.wait(max(0.0, self.every_s - self.times[-1]))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -108,6 +109,8 @@ def main() -> None:
     parser.add_argument("--server-dir", type=Path, default=REPO)
     parser.add_argument("--ids", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=7, help="copies of the 232 s chapter")
+    parser.add_argument("--scrape-every", type=float, default=5.0,
+                        help="seconds from one scrape's start to the next (Prometheus: 15)")
     args = parser.parse_args()
 
     speech, rate = sf.read(LONG, dtype="float32")
@@ -122,11 +125,15 @@ def main() -> None:
             print(f"label cap filled: {args.ids} ids x 2 tasks in {time.monotonic() - started:.0f} s")
             before = lag_buckets(server)
             pinger = Pinger(server.url)
-            scraper = Scraper(f"http://127.0.0.1:{server.metrics_port}/metrics")
+            scraper = Scraper(f"http://127.0.0.1:{server.metrics_port}/metrics", args.scrape_every)
             pinger.start()
             scraper.start()
             started = time.monotonic()
-            reply = transcribe(server.url, long_wav, timeout_s=3600, language="en", postprocess=True)
+            try:
+                reply = transcribe(server.url, long_wav, timeout_s=3600, language="en", postprocess=True)
+            except Exception:
+                print("\n".join(server.lines[-40:]), file=sys.stderr)
+                raise
             elapsed = time.monotonic() - started
             pinger.stop.set()
             scraper.stop.set()
