@@ -200,8 +200,8 @@ def load_manifest(name: str = "manifest.jsonl", for_wer: bool = True) -> list[Cl
         if for_wer and ("not for WER" in row.get("note", "") or "lucier" in row["path"]
                         or row.get("synthetic")):
             continue
-        clips.append(Clip(_shared_paths()["EVAL_DIR"] / row["path"], row["lang"], row["text"], row["duration"],
-                          row["kind"], row))
+        clips.append(Clip(_shared_paths()["EVAL_DIR"] / row["path"], row["lang"], row["text"],
+                          row["duration"], row["kind"], row))
     return clips
 
 

@@ -17,8 +17,8 @@ from asr_server.engine import (
     resolve_device,
 )
 from asr_server.protocol import SUPPORTED_LANGUAGES, Segment, TranscribeOptions
-from tests.harness import load_manifest
 from asr_server.vad import SpeechDetector, SpeechRegion
+from tests.harness import load_manifest
 
 
 @pytest.fixture(scope="module")

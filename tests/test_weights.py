@@ -14,8 +14,8 @@ from asr_server import ct2_convert, weights
 from asr_server.audio import decode_wav
 from asr_server.config import Config
 from asr_server.ct2_convert import ConversionError
-from tests.harness import EVAL_DIR
 from asr_server.weights import PinnedModel, PinnedWheel
+from tests.harness import EVAL_DIR
 
 CHECKPOINT = Config().model_path
 CT2_DIR = CHECKPOINT.parent / "base-ct2"
