@@ -66,3 +66,13 @@ def test_model_is_a_name_or_a_path(tmp_path: object) -> None:
 def test_loopback() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1") and not is_loopback("example.org")
+
+
+def test_the_wait_for_an_llm_slot_is_bounded_apart_from_the_call() -> None:
+    config = Config.from_env({"HOST": "127.0.0.1"})
+    assert (config.postprocess_timeout_s, config.postprocess_slot_wait_s) == (10, 10)
+    config = Config.from_env({"HOST": "127.0.0.1", "POSTPROCESS_SLOT_WAIT_S": "0",
+                              "POSTPROCESS_TIMEOUT_S": "30"})
+    assert (config.postprocess_timeout_s, config.postprocess_slot_wait_s) == (30, 0)
+    with pytest.raises(ConfigError, match=r"POSTPROCESS_SLOT_WAIT_S=.*\[0, 600\]"):
+        Config.from_env({"HOST": "127.0.0.1", "POSTPROCESS_SLOT_WAIT_S": "-1"})
