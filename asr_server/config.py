@@ -78,9 +78,10 @@ class Config:
     postprocess_url: str = ""  # base URL ending in /v1; empty: no post-processing
     postprocess_model: str = "default"
     postprocess_api_key: str = field(default="", repr=False)  # never printed
-    postprocess_timeout_s: float = 10.0
+    postprocess_timeout_s: float = 10.0  # the LLM call alone
     postprocess_default: bool = False
     postprocess_max_concurrency: int = 4
+    postprocess_slot_wait_s: float = 10.0  # the wait for one of those slots, before the call
 
     @property
     def effective_max_audio_bytes(self) -> int:
@@ -176,6 +177,9 @@ class Config:
             postprocess_max_concurrency=reader.get(
                 "POSTPROCESS_MAX_CONCURRENCY", int, defaults.postprocess_max_concurrency,
                 lambda v: 1 <= v <= 1024, "must be 1..1024"),
+            postprocess_slot_wait_s=reader.get(
+                "POSTPROCESS_SLOT_WAIT_S", float, defaults.postprocess_slot_wait_s,
+                lambda v: 0 <= v <= 600, "must be in [0, 600]"),
             log_level=reader.get("LOG_LEVEL", str.upper, defaults.log_level,
                                  lambda v: v in _LOG_LEVELS, f"must be one of {', '.join(_LOG_LEVELS)}"),
         )

@@ -67,7 +67,7 @@ class Transcription:
 
 @dataclass(frozen=True)
 class PostprocessOutcome:
-    """The three post-processing fields of a result, and whether an LLM call was made."""
+    """The three post-processing fields of a result, and whether an LLM call was made or waited for."""
 
     text: str | None = None
     ms: float = 0.0

@@ -78,3 +78,13 @@ def test_pending_connections_are_sized_for_the_host_unless_set() -> None:
     assert Config.from_env({**env, "MAX_PENDING_CONNECTIONS": "7"}).effective_max_pending_connections == 7
     with pytest.raises(ConfigError, match="MAX_PENDING_CONNECTIONS"):
         Config.from_env({**env, "MAX_PENDING_CONNECTIONS": "-1"})
+
+
+def test_the_wait_for_an_llm_slot_is_bounded_apart_from_the_call() -> None:
+    config = Config.from_env({"HOST": "127.0.0.1"})
+    assert (config.postprocess_timeout_s, config.postprocess_slot_wait_s) == (10, 10)
+    config = Config.from_env({"HOST": "127.0.0.1", "POSTPROCESS_SLOT_WAIT_S": "0",
+                              "POSTPROCESS_TIMEOUT_S": "30"})
+    assert (config.postprocess_timeout_s, config.postprocess_slot_wait_s) == (30, 0)
+    with pytest.raises(ConfigError, match=r"POSTPROCESS_SLOT_WAIT_S=.*\[0, 600\]"):
+        Config.from_env({"HOST": "127.0.0.1", "POSTPROCESS_SLOT_WAIT_S": "-1"})

@@ -1,10 +1,21 @@
-"""The guard on fixed strings: corrections pass; answers, preambles, translations, cuts and padding do not."""
+"""The guard: corrections pass; answers, preambles, translations, cuts and padding do not; its work is linear.
+
+Fixed strings first, then long transcripts (made here from the fixed strings'
+words, seeded) for what only length shows: the band follows a reply that is
+uniformly shorter, a run cut or added in one place is refused, and the work
+done (cells counted, not time) grows in step with the words.
+"""
 
 from __future__ import annotations
 
-import pytest
+import random
 
-from asr_server.postprocess import judge_correction, strip_fence
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rapidfuzz.distance import Levenshtein
+
+from asr_server.guard import BAND_WORDS, CHUNK_WORDS, compare, judge_correction, normalise_words, strip_fence
 
 CORRECTIONS = [
     ("здравейте как сте", "Здравейте, как сте?"),
@@ -76,6 +87,88 @@ def test_a_made_up_next_transcript_is_cut_off() -> None:
     assert strip_fence(reply) == "He began a confused complaint."
 
 
-def test_enough_cases_in_enough_languages() -> None:
-    assert len(CORRECTIONS) >= 10
-    assert sum(any("\u0400" <= ch <= "\u04ff" for ch in original) for original, _ in CORRECTIONS) >= 3
+LATIN_WORDS = sorted({word for original, _ in CORRECTIONS for word in normalise_words(original)
+                      if all(ch < "\u0250" for ch in word)})
+
+
+def long_transcript(n_words: int, seed: int = 7) -> list[list[str]]:
+    """Sentences of 8 to 15 words drawn from the Latin-script corrections above: not periodic."""
+    rng = random.Random(seed)
+    sentences: list[list[str]] = []
+    while sum(map(len, sentences)) < n_words:
+        sentences.append([rng.choice(LATIN_WORDS) for _ in range(rng.randint(8, 15))])
+    return sentences
+
+
+def corrected(sentence: list[str]) -> str:
+    """A correction's edits: a capital, a comma, a full stop and one word respelt (a doubled letter)."""
+    words = list(sentence)
+    words[0] = words[0].capitalize()
+    words[2] += ","
+    words[-2] = words[-2][0] + words[-2]
+    return " ".join(words) + "."
+
+
+def raw(sentences: list[list[str]]) -> str:
+    return " ".join(" ".join(sentence) for sentence in sentences)
+
+
+def test_a_long_correction_is_accepted_even_when_uniformly_shorter() -> None:
+    sentences = long_transcript(3000)
+    assert judge_correction(raw(sentences), " ".join(map(corrected, sentences))) is None
+    # One word dropped every ten sentences: 30 words in all, spread out; the band follows the proportion.
+    thinned = [sentence[1:] if i % 10 == 0 else sentence for i, sentence in enumerate(sentences)]
+    assert judge_correction(raw(sentences), " ".join(map(corrected, thinned))) is None
+
+
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.9])
+def test_a_long_reply_that_cuts_or_adds_a_run_in_one_place_is_rejected(where: float) -> None:
+    sentences = long_transcript(3000)
+    reply = " ".join(map(corrected, sentences)).split()
+    at = int(len(reply) * where)
+    run = 5 * BAND_WORDS  # far less than the 20% of words a correction may change in all
+    cut = " ".join(reply[:at] + reply[at + run:])
+    padded = " ".join(reply[:at] + [w for s in long_transcript(run, seed=8) for w in s][:run] + reply[at:])
+    for reply_text in (cut, padded):
+        verdict = judge_correction(raw(sentences), reply_text)
+        assert verdict is not None and "not a correction" in verdict, verdict
+
+
+words = st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f"]), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(words, st.lists(st.tuples(st.sampled_from(["insert", "delete", "replace"]), st.integers(0, 80),
+                                 st.sampled_from(["a", "b", "x", "y"])), max_size=24))
+def test_the_banded_distance_is_exact_for_close_texts_and_never_below_the_true_one(
+        before: list[str], edits: list[tuple[str, int, str]]) -> None:
+    after = list(before)
+    for op, position, word in edits:
+        at = position % (len(after) + 1)
+        if op == "insert":
+            after.insert(at, word)
+        elif after and at < len(after):
+            after[at:at + 1] = [word] if op == "replace" else []
+    exact = Levenshtein.distance(before, after)  # RapidFuzz's full distance: an independent reckoning
+    banded = compare(before, after).word_edits
+    assert banded >= exact
+    if exact <= BAND_WORDS // 2 or max(len(before), len(after)) <= BAND_WORDS:
+        assert banded == exact
+
+
+@pytest.mark.parametrize("kind", ["correction", "unrelated"])
+def test_the_guard_does_work_linear_in_the_words(kind: str) -> None:
+    per_word = []
+    for n in (250, 1000, 4000, 16000):
+        sentences = long_transcript(n)
+        before = normalise_words(raw(sentences))
+        other = long_transcript(n, seed=9) if kind == "unrelated" else sentences
+        after = normalise_words(" ".join(map(corrected, other)))
+        work = compare(before, after)
+        # What the code may do at most: a fixed band per row, and chunks of at most 2 * CHUNK_WORDS words.
+        longest_word = max(map(len, before + after))
+        assert work.word_cells <= (2 * BAND_WORDS + 1) * (max(len(before), len(after)) + 1)
+        assert work.char_cells <= 2 * CHUNK_WORDS * longest_word * len("".join(before))
+        per_word.append((work.word_cells + work.char_cells) / len(before))
+    # 64 times the words: quadratic work would be 64 times as much per word; this stays flat.
+    assert max(per_word) <= 1.25 * min(per_word), per_word
