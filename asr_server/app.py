@@ -37,9 +37,9 @@ WATCH_INTERVAL_S = 0.25  # how often the worker is checked and the event loop's 
 GIVE_BACK_INTERVAL_S = 10.0  # under steady traffic, how often freed memory is returned
 # How long a thread running Python (a /metrics serialisation, the post-processing guard) may
 # keep the GIL while the event loop waits for it: CPython's default is 5 ms, and an exchange
-# takes several loop wake-ups. Under back-to-back scrapes at the label cap, ping p99 was 101 ms
-# at 5 ms, 53-59 ms at 1 ms and 29-31 ms at 0.5 ms (docs/reliability.md). torch releases the
-# GIL in its ops, so the worker's time is hardly touched.
+# takes several loop wake-ups. Under back-to-back scrapes at the label cap, ping p99 was 53-59 ms
+# at 1 ms and 29-31 ms at 0.5 ms with scrapes reused (docs/reliability.md). torch releases the
+# GIL in its ops.
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 

@@ -12,7 +12,6 @@ once at start; ``give_back`` runs after each burst, off the event loop.
 from __future__ import annotations
 
 import ctypes
-import gc
 import os
 import sys
 
@@ -42,11 +41,12 @@ def bound_allocator_retention() -> None:
 
 
 def give_back() -> None:
-    """Collect cycles (closed connections are held in some), then return free heap pages to the system.
+    """Return free heap pages to the system.
 
-    ``malloc_trim`` walks every heap; it takes milliseconds, so call it off the event loop.
+    ``malloc_trim`` walks every heap, a few milliseconds, with the GIL released: call it off
+    the event loop. No ``gc.collect()`` here: with the model loaded it holds the GIL for about
+    200 ms, which would stall the event loop and the worker after every burst.
     """
-    gc.collect()
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)

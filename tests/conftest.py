@@ -24,7 +24,9 @@ STRICT_TIMEOUT_S = 1
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProcess]:
     """Greedy decoding (fast), two keys, DEBUG logging so the privacy test sees everything."""
-    env = {"ASR_BEAM_SIZE": "1", "SERVER_API_KEY": ",".join(KEYS), "LOG_LEVEL": "DEBUG"}
+    env = {"ASR_BEAM_SIZE": "1", "SERVER_API_KEY": ",".join(KEYS), "LOG_LEVEL": "DEBUG",
+           # Room for test_preauth's 200 silent connections on any host.
+           "MAX_PENDING_CONNECTIONS": "256"}
     with ServerProcess(env=env) as process:
         yield process
 

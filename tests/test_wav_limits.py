@@ -11,7 +11,7 @@ import soundfile as sf
 import soxr
 
 from asr_server.config import Config
-from tests.conftest import exchange
+from tests.conftest import exchange, request
 from tests.harness import EVAL_DIR, ServerProcess, wav_bytes
 
 JFK = EVAL_DIR / "en" / "en_whisper_jfk.wav"
@@ -25,7 +25,7 @@ def test_the_default_frame_limit_holds_the_longest_float32_48_khz_recording() ->
     assert config.max_inflight_audio_bytes >= config.effective_max_audio_bytes
 
 
-def test_a_20_minute_float32_48_khz_wav_is_transcribed() -> None:
+def test_a_20_minute_float32_48_khz_wav_is_transcribed(server: ServerProcess) -> None:
     speech, rate = sf.read(JFK, dtype="float32")
     speech = soxr.resample(speech, rate, 48_000)
     samples = np.zeros(MINUTES * 60 * 48_000, dtype=np.float32)
@@ -33,10 +33,9 @@ def test_a_20_minute_float32_48_khz_wav_is_transcribed() -> None:
     wav = wav_bytes(samples, 48_000, subtype="FLOAT")
     assert len(wav) > 48_000 * 2 * MINUTES * 60 + 65_536  # over the old 16-bit-derived limit
     del samples
-    with ServerProcess(env={"ASR_BEAM_SIZE": "1", "SERVER_API_KEY": ""}) as server:
-        result = exchange(server.url, {"type": "transcribe", "language": "en"}, wav, timeout_s=600)
+    result = exchange(server.url, request("en"), wav, timeout_s=600)
     reply = result.reply
     assert "ask not what your country can do for you" in reply["text"].lower(), reply
-    assert reply["segments"][0]["start"] >= 0.5  # the speech starts at 1 s
-    assert reply["segments"][-1]["end"] <= 14  # and the silence after it adds nothing
+    assert len(reply["text"].split()) < 40  # the 20 minutes of silence after it add nothing
+    assert reply["segments"][-1]["end"] <= 14
     assert result.close_code == 1000
