@@ -51,7 +51,6 @@ def engine_settings(config: Config) -> EngineSettings:
         beam_size=config.beam_size,
         vad=config.vad,
         quantize=config.quantize,
-        batching=config.batching,
     )
 
 

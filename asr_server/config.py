@@ -56,7 +56,6 @@ class Config:
     threads: int = 0  # 0: one per core
     vad: bool = True
     quantize: str = "none"  # none | int8 (CPU only)
-    batching: str = "auto"  # auto (steps on the CPU, calls on CUDA) | steps | calls
     max_queue: int = 32
     max_batch: int = 8
     queue_deadline_s: float = 300.0
@@ -127,8 +126,6 @@ class Config:
             vad=reader.boolean("ASR_VAD", defaults.vad),
             quantize=reader.get("ASR_QUANTIZE", str.lower, defaults.quantize, lambda v: v in ("none", "int8"),
                                 "must be none or int8"),
-            batching=reader.get("ASR_BATCHING", str.lower, defaults.batching,
-                                lambda v: v in ("auto", "steps", "calls"), "must be auto, steps or calls"),
             max_queue=reader.get("ASR_MAX_QUEUE", int, defaults.max_queue, lambda v: v >= 1,
                                  "must be at least 1"),
             max_batch=reader.get("ASR_MAX_BATCH", int, defaults.max_batch, lambda v: 1 <= v <= 256,

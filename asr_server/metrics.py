@@ -90,8 +90,7 @@ class Metrics:
         self.queue_depth = Gauge("asr_queue_depth", "Requests waiting for the inference worker",
                                  registry=registry)
         self.batch_size = Histogram("asr_batch_size",
-                                    "Requests decoded together: per decoder pass (ASR_BATCHING=steps), "
-                                    "per batch (calls), one per request at ASR_MAX_BATCH=1",
+                                    "Requests carried by each decoder pass (one at ASR_MAX_BATCH=1)",
                                     buckets=BATCH_BUCKETS, registry=registry)
         self.model_load_seconds = Gauge("asr_model_load_seconds", "Seconds the model took to load",
                                         registry=registry)

@@ -16,6 +16,8 @@ from typing import Any
 from asr_server.errors import AsrError, BadRequest, UnsupportedLanguage
 
 MAX_METADATA_BYTES = 64 * 1024
+# whisper reads at most 223 tokens of prompt; a few thousand characters hold more than that.
+MAX_PROMPT_CHARS = 2000
 
 SUPPORTED_LANGUAGES: tuple[str, ...] = (
     "bg", "en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "cs", "da", "sv",
@@ -39,6 +41,8 @@ class TranscribeRequest:
     task: str = "transcribe"
     machine_id: str = "unknown"  # telemetry only: never fails a request
     postprocess: bool | None = None  # None: the server's default
+    word_timestamps: bool = False
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,16 @@ class TranscribeOptions:
 
     language: str | None  # None: detect among SUPPORTED_LANGUAGES
     task: str  # "transcribe" | "translate"
+    prompt: str | None = None  # names and terms the speaker uses (whisper's initial prompt)
+    word_timestamps: bool = False
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str  # as whisper spells it, with its leading space
+    start: float  # seconds
+    end: float  # seconds
+    probability: float
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,7 @@ class Segment:
     text: str
     start: float  # seconds
     end: float  # seconds
+    words: tuple[Word, ...] | None = None  # only when the request asked for word timestamps
 
 
 @dataclass(frozen=True)
@@ -119,11 +134,23 @@ def parse_transcribe(obj: dict[str, Any]) -> TranscribeRequest:
     postprocess = obj.get("postprocess")
     if postprocess is not None and not isinstance(postprocess, bool):
         raise BadRequest('"postprocess" must be true, false or absent')
+    word_timestamps = obj.get("word_timestamps", False)
+    if word_timestamps is None:
+        word_timestamps = False
+    if not isinstance(word_timestamps, bool):
+        raise BadRequest('"word_timestamps" must be true, false or absent')
+    prompt = obj.get("prompt")
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise BadRequest('"prompt" must be a string or absent')
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise BadRequest(f'"prompt" is longer than {MAX_PROMPT_CHARS} characters')
+        prompt = prompt.strip() or None
     machine_id = obj.get("machine_id", "unknown")
     if not isinstance(machine_id, str):
         machine_id = "invalid"
     return TranscribeRequest(language=language, task=task, machine_id=machine_id,
-                             postprocess=postprocess)
+                             postprocess=postprocess, word_timestamps=word_timestamps, prompt=prompt)
 
 
 class KeyRing:
@@ -161,13 +188,19 @@ def error_frame(error: AsrError) -> str:
     return json.dumps({"error": error.code, "detail": error.detail}, ensure_ascii=False)
 
 
+def _segment(segment: Segment) -> dict[str, Any]:
+    shown: dict[str, Any] = {"text": segment.text, "start": segment.start, "end": segment.end}
+    if segment.words is not None:
+        shown["words"] = [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
+                          for w in segment.words]
+    return shown
+
+
 def result_frame(transcription: Transcription, postprocess: PostprocessOutcome) -> str:
     return json.dumps(
         {
             "text": transcription.text,
-            "segments": [
-                {"text": s.text, "start": s.start, "end": s.end} for s in transcription.segments
-            ],
+            "segments": [_segment(s) for s in transcription.segments],
             "language": transcription.language,
             "postprocessed_text": postprocess.text,
             "postprocess_ms": postprocess.ms,

@@ -3,16 +3,14 @@
 One thread owns the engine (it loads the model and runs every transcription),
 so torch never runs on the event loop. ``submit`` is the only way in: a full
 queue answers ``overloaded`` at once instead of letting latency grow without
-bound. An engine that batches continuously (``ContinuousTranscriber``, the
-real one) is handed each request as soon as one of its ``max_batch`` places
-is free, and settles each the moment it is done; any other takes up to
-``max_batch`` waiting requests at a time as one batch. A request whose caller
-has gone (its awaiting task cancelled) leaves the queue at once, freeing its
-place and its audio, and never reaches the model; one that waited past
-``deadline_s`` is answered ``overloaded`` rather than run late.
-A batch that runs out of device memory is split in halves and retried, down
-to single requests: only a request too big to run alone fails, and only it
-(a continuous engine does the same with each decoder pass, batching.py).
+bound. The engine pulls requests through ``next`` (decoding_loop.py: up to
+``max_batch`` run at once, each admitted as soon as a place is free and
+answered the moment it is done). A request whose caller has gone (its
+awaiting task cancelled) leaves the queue at once, freeing its place and its
+audio, and never reaches the model; one already running is dropped by the
+loop at its next iteration. One that waited past ``deadline_s`` is answered
+``overloaded`` rather than run late. If the worker dies, every request it
+held or that waits hears so instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,20 +30,9 @@ from asr_server.protocol import TranscribeOptions, Transcription
 
 
 class Transcriber(Protocol):
-    def transcribe_batch(
-        self, items: list[tuple[np.ndarray, TranscribeOptions]]
-    ) -> list[Transcription | Exception]: ...
-
-
-@runtime_checkable
-class ContinuousTranscriber(Transcriber, Protocol):
-    """An engine that takes requests while others run (the real one, when ``continuous``)."""
-
-    @property
-    def continuous(self) -> bool: ...
-
-    def transcribe_continuously(self, take: Callable[[], _Job | None], capacity: int,
-                                observe_step: Callable[[int], None]) -> None: ...
+    def serve(self, source: Any, capacity: int, observe_pass: Callable[[int], None]) -> None:
+        """Run requests taken from ``source.next`` until it gives None when told to block."""
+        ...
 
 
 @dataclass(eq=False)
@@ -55,6 +42,11 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Transcription]
     enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def abandoned(self) -> bool:
+        """Its caller has gone (read from the worker thread: a late answer is dropped anyway)."""
+        return self.future.done()
 
     def settle(self, result: Transcription | None, error: BaseException | None) -> None:
         try:
@@ -74,11 +66,6 @@ def _settle(future: asyncio.Future[Transcription], result: Transcription | None,
         future.set_result(result)
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError, or the RuntimeError older torch and the CPU allocator raise."""
-    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
-
-
 class Scheduler:
     """Runs transcriptions one at a time on a dedicated worker thread."""
 
@@ -88,9 +75,10 @@ class Scheduler:
         self._load = load
         self._max_batch = max_batch
         self._deadline_s = deadline_s
-        self._observe_batch = observe_batch  # called from the worker thread with each batch's size
+        self._observe_batch = observe_batch  # called from the worker thread with each pass's size
         self._max_queue = max_queue
         self._waiting: deque[_Job] = deque()  # guarded by _changed
+        self._taken: list[_Job] = []  # handed to the engine: settled by it, or by a dying worker
         self._changed = threading.Condition()
         self._ready = threading.Event()
         self._stopping = False
@@ -157,68 +145,31 @@ class Scheduler:
             self._ready.set()
             return
         self._ready.set()
-        batch: list[_Job] | None = []
-        engine = self.engine
         try:
-            if self._max_batch > 1 and isinstance(engine, ContinuousTranscriber) and engine.continuous:
-                engine.transcribe_continuously(self._take_one, self._max_batch, self._observe_batch)
-                return
-            while (batch := self._take(self._max_batch)) is not None:
-                if not batch:
-                    continue
-                self._observe_batch(len(batch))
-                self._run_batch(engine, batch)
+            self.engine.serve(self, self._max_batch, self._observe_batch)
         except BaseException:
             # The worker is dying (a fatal error outside any one request): nobody may wait forever.
             dying = InternalError("the inference worker stopped")
             with self._changed:
                 self._stopping = True
-                waiting, self._waiting = [*(batch or []), *self._waiting], deque()
+                waiting, self._waiting = [*self._taken, *self._waiting], deque()
                 self._changed.notify_all()
             for job in waiting:
                 job.settle(None, dying)
             raise
 
-    def _run_batch(self, engine: Transcriber, batch: list[_Job]) -> None:
-        try:
-            results = engine.transcribe_batch([(job.samples, job.options) for job in batch])
-        except Exception as exc:  # the whole batch failed: each of its requests hears why
-            results = [exc] * len(batch)
-        out_of_memory = [job for job, result in zip(batch, results, strict=True)
-                         if isinstance(result, Exception) and is_out_of_memory(result)]
-        if len(batch) > 1 and out_of_memory:
-            half = (len(out_of_memory) + 1) // 2
-            self._run_batch(engine, out_of_memory[:half])
-            self._run_batch(engine, out_of_memory[half:])
-        for job, result in zip(batch, results, strict=True):
-            if len(batch) > 1 and job in out_of_memory:
-                continue  # settled by the smaller batches
-            if isinstance(result, Exception):
-                job.settle(None, result)
-            else:
-                job.settle(result, None)
-
-    def _take_one(self) -> _Job | None:
-        """The oldest waiting job still in time, once there is one; None: stopped and drained."""
-        while (jobs := self._take(1)) is not None:
-            if jobs:
-                return jobs[0]
-        return None
-
-    def _take(self, limit: int) -> list[_Job] | None:
-        """The next batch: the oldest waiting jobs, up to ``limit``; None: stopped and drained."""
-        with self._changed:
-            while not self._waiting and not self._stopping:
-                self._changed.wait()
-            if not self._waiting:
-                return None
-            jobs = [self._waiting.popleft() for _ in range(min(limit, len(self._waiting)))]
-        now = time.monotonic()
-        live = []
-        for job in jobs:
-            waited = now - job.enqueued
-            if waited > self._deadline_s:
-                job.settle(None, Overloaded(f"waited {waited:.0f} s in the queue; try again later"))
-                continue
-            live.append(job)
-        return live
+    def next(self, block: bool) -> _Job | None:
+        """The oldest waiting job still in time; with ``block``, wait for one (None: stopped and drained)."""
+        while True:
+            with self._changed:
+                self._taken = [job for job in self._taken if not job.future.done()]
+                while not self._waiting:
+                    if self._stopping or not block:
+                        return None
+                    self._changed.wait()
+                job = self._waiting.popleft()
+                self._taken.append(job)
+            waited = time.monotonic() - job.enqueued
+            if waited <= self._deadline_s:
+                return job
+            job.settle(None, Overloaded(f"waited {waited:.0f} s in the queue; try again later"))

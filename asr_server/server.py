@@ -252,7 +252,8 @@ class AsrServer:
         if not allowance.hold(audio.samples.nbytes):
             raise Overloaded("the server holds its limit of audio in flight; try again shortly")
         record.audio_s = audio.duration_s
-        options = protocol.TranscribeOptions(language=request.language, task=request.task)
+        options = protocol.TranscribeOptions(language=request.language, task=request.task,
+                                             prompt=request.prompt, word_timestamps=request.word_timestamps)
         return await self._transcribe(ws, audio.samples, options)
 
     async def _reply(self, ws: ServerConnection, request: protocol.TranscribeRequest,

@@ -47,14 +47,6 @@ def test_booleans(raw: str, value: bool) -> None:
     assert Config.from_env({"HOST": "127.0.0.1", "ASR_VAD": raw}).vad is value
 
 
-def test_batching_modes() -> None:
-    assert Config.from_env({"HOST": "127.0.0.1"}).batching == "auto"
-    for mode in ("auto", "steps", "calls"):
-        assert Config.from_env({"HOST": "127.0.0.1", "ASR_BATCHING": mode.upper()}).batching == mode
-    with pytest.raises(ConfigError, match=r"ASR_BATCHING=.*auto, steps or calls"):
-        Config.from_env({"HOST": "127.0.0.1", "ASR_BATCHING": "windows"})
-
-
 def test_devices() -> None:
     for device in ("auto", "cpu", "cuda", "cuda:1"):
         assert Config.from_env({"HOST": "127.0.0.1", "ASR_DEVICE": device}).device == device

@@ -1,0 +1,268 @@
+"""The one decoding loop: the worker thread runs every request's windows, the same on every device.
+
+Each iteration of ``DecodingLoop.serve``:
+
+1. admits waiting requests, up to ``capacity`` running at once (it blocks
+   for one only when nothing runs);
+2. drops the requests whose caller has gone;
+3. encodes the windows that need it (one at a time on the CPU, where the
+   encoder is compute-bound; stacked on CUDA), opens a cache slot for each
+   and runs its prompt; a request without a language has it detected on
+   its first window's encoding;
+4. runs one decoder pass for every live sequence of every request
+   (forward.step) and moves every search one token on (search.advance_all);
+5. settles each finished search by whisper's rules (windows.py): decode
+   the window again at the next temperature, or cut it into segments, move
+   the seek on and start the next window, or answer the request at once.
+
+Out of memory, and only that, is met one way: the failed encode or pass is
+run again in halves, down to one window; a window that cannot run alone
+fails its request alone. Any other failure of a shared pass fails the
+requests in it, and the loop goes on serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import whisper
+from whisper.model import Whisper
+from whisper.timing import add_word_timestamps
+from whisper.tokenizer import Tokenizer, get_tokenizer
+
+from asr_server import forward
+from asr_server.search import Rules, WindowSearch, advance_all
+from asr_server.whisper_compat import restricted_language_tokenizer
+from asr_server.windows import APPEND_PUNCTUATIONS, BEST_OF, PREPEND_PUNCTUATIONS, RequestWindows
+
+log = logging.getLogger(__name__)
+
+
+class Work(Protocol):
+    """A request as the scheduler hands it over."""
+
+    @property
+    def abandoned(self) -> bool: ...  # its caller has gone
+
+    def settle(self, result: Any, error: BaseException | None) -> None: ...
+
+
+class Source(Protocol):
+    def next(self, block: bool) -> Work | None:
+        """The next request; with ``block``, wait for one (None then means: stopped and drained)."""
+        ...
+
+
+# What the engine does around the loop: audio to windows (or an answer at once), windows to an answer.
+Prepare = Callable[[Work], "RequestWindows | Any"]
+Finish = Callable[[Work, RequestWindows], Any]
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, or the RuntimeError older torch and the CPU allocator raise."""
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+
+
+@dataclass(eq=False)
+class _Running:
+    work: Work
+    windows: RequestWindows
+    slot: int | None = None
+    search: WindowSearch | None = None
+    windows_done: int = field(default=0)
+
+
+class DecodingLoop:
+    """Owns the model's passes for every running request; only the worker thread calls ``serve``."""
+
+    def __init__(self, model: Whisper, beam_size: int | None, dtype: torch.dtype, batched_attention: bool,
+                 prepare: Prepare, finish: Finish) -> None:
+        self.model = model
+        self.beam_size = beam_size
+        self.dtype = dtype
+        self.device = model.decoder.token_embedding.weight.device
+        self.prepare, self.finish = prepare, finish
+        self.caches = forward.Caches(model, max(beam_size or 1, BEST_OF), dtype, batched_attention)
+        self.rules = Rules(self._tokenizer("en", "transcribe"), model.dims.n_audio_ctx)
+        self.language_tokenizer = restricted_language_tokenizer(model)
+
+    def _tokenizer(self, language: str, task: str) -> Tokenizer:
+        return get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
+                             language=language, task=task)
+
+    def serve(self, source: Source, capacity: int, observe_pass: Callable[[int], None]) -> None:
+        """Run requests from ``source`` until it is stopped and drained."""
+        running: list[_Running] = []
+        with torch.inference_mode():
+            while True:
+                while len(running) < capacity:
+                    if not running:
+                        self.caches.release()  # idle: the caches' memory goes back
+                    work = source.next(block=not running)
+                    if work is None:
+                        if not running:
+                            return  # stopped and drained
+                        break
+                    self._admit(work, running)
+                if not running:
+                    continue
+                for gone in [r for r in running if r.work.abandoned]:
+                    self._end(gone, running, None, None)
+                self._open_windows([r for r in running if r.search is None], running)
+                live = [r for r in running if r.search is not None and not r.search.done]
+                if live:
+                    self._pass(live, running)
+                    observe_pass(len(live))
+                for r in [r for r in running if r.search is not None and r.search.done]:
+                    self._settle_search(r, running)
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    def _admit(self, work: Work, running: list[_Running]) -> None:
+        try:
+            prepared = self.prepare(work)
+        except Exception as exc:  # this request's audio or options: it alone fails
+            work.settle(None, exc)
+            return
+        if not isinstance(prepared, RequestWindows):
+            work.settle(prepared, None)  # answered without the model (no speech)
+            return
+        running.append(_Running(work, prepared))
+
+    def _end(self, r: _Running, running: list[_Running], result: Any, error: BaseException | None) -> None:
+        if r.slot is not None:
+            self.caches.close(r.slot)
+            r.slot = None
+        running.remove(r)
+        if error is not None or result is not None:
+            r.work.settle(result, error)
+
+    def _fail(self, r: _Running, running: list[_Running], error: BaseException) -> None:
+        if is_out_of_memory(error) and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give the cached blocks back to whoever runs next
+        self._end(r, running, None, error)
+
+    # -- windows --------------------------------------------------------------------------------------
+
+    def _open_windows(self, starting: list[_Running], running: list[_Running]) -> None:
+        ready = []
+        for r in starting:
+            mel = r.windows.next_window()
+            if mel is None:
+                self._answer(r, running)
+            else:
+                ready.append((r, mel.to(self.device, self.dtype)))
+        if not ready:
+            return
+        if self.device.type == "cpu":  # compute-bound at one window: stacking only adds memory
+            for r, mel in ready:
+                self._encode_and_start([(r, mel)], running)
+        else:
+            self._encode_and_start(ready, running)
+
+    def _encode_and_start(self, group: list[tuple[_Running, torch.Tensor]], running: list[_Running]) -> None:
+        try:
+            features = forward.encode(self.model, torch.stack([mel for _, mel in group]))
+        except Exception as exc:
+            if len(group) > 1 and is_out_of_memory(exc):
+                torch.cuda.empty_cache()
+                half = len(group) // 2
+                self._encode_and_start(group[:half], running)
+                self._encode_and_start(group[half:], running)
+                return
+            for r, _ in group:
+                self._fail(r, running, exc)
+            return
+        for (r, _), window_features in zip(group, features, strict=True):
+            try:
+                r.slot = self.caches.open(window_features.unsqueeze(0))
+                if r.windows.tokenizer is None:
+                    language = r.windows.language or self._detect(window_features)
+                    r.windows.set_tokenizer(self._tokenizer(language, r.windows.options.task))
+                self._start_search(r)
+            except Exception as exc:
+                self._fail(r, running, exc)
+
+    def _detect(self, features: torch.Tensor) -> str:
+        """The language of the first window, among the supported ones only."""
+        _, probs = self.model.detect_language(features.unsqueeze(0), self.language_tokenizer)
+        found: dict[str, float] = probs[0]
+        return max(found, key=found.__getitem__)
+
+    def _start_search(self, r: _Running) -> None:
+        """Run the prompt of the window's search at its temperature, and take its first token."""
+        assert r.slot is not None
+        search = r.windows.search()
+        logits = forward.prefill(self.caches, r.slot, search.initial_tokens, search.rows,
+                                 (search.sot_index, search.sample_begin - 1))
+        search.begin(self.rules, logits[0])
+        advance_all(self.rules, [search], logits[1:].expand(search.rows, -1).clone())
+        r.search = search
+
+    # -- the shared pass ------------------------------------------------------------------------------
+
+    def _pass(self, live: list[_Running], running: list[_Running]) -> None:
+        searches = [r.search for r in live if r.search is not None]
+        feeds = [forward.Feed(r.slot, s.last_tokens()) for r, s in zip(live, searches, strict=True)
+                 if r.slot is not None]
+        try:
+            logits = forward.step(self.caches, feeds)
+        except Exception as exc:
+            if len(live) > 1 and is_out_of_memory(exc):
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                half = len(live) // 2
+                log.warning("out of memory in a decoder pass of %d requests: run in halves", len(live))
+                self._pass(live[:half], running)
+                self._pass(live[half:], running)
+                return
+            for r in live:
+                self._fail(r, running, exc)
+            return
+        for r, sources in zip(live, advance_all(self.rules, searches, logits), strict=True):
+            if sources is not None and r.slot is not None:
+                self.caches.rearrange(r.slot, sources)
+
+    def _settle_search(self, r: _Running, running: list[_Running]) -> None:
+        assert r.search is not None and r.windows.tokenizer is not None
+        try:
+            result = r.search.result(r.windows.tokenizer)
+            if r.windows.judge(result):
+                self._start_search(r)  # the same audio features, the next temperature
+                return
+            r.windows.accept(result, self._add_words)
+        except Exception as exc:
+            self._fail(r, running, exc)
+            return
+        r.search = None
+        r.windows_done += 1
+        if r.slot is not None:
+            self.caches.close(r.slot)
+            r.slot = None
+        if r.windows.finished:
+            self._answer(r, running)
+
+    def _answer(self, r: _Running, running: list[_Running]) -> None:
+        try:
+            result = self.finish(r.work, r.windows)
+        except Exception as exc:
+            self._fail(r, running, exc)
+            return
+        self._end(r, running, result, None)
+
+    def _add_words(self, segments: list[dict[str, Any]], tokenizer: Tokenizer, mel: torch.Tensor,
+                   frames: int, last_speech: float) -> None:
+        add_word_timestamps(segments=segments, model=self.model, tokenizer=tokenizer,
+                            mel=mel.to(self.device, self.dtype), num_frames=frames,
+                            prepend_punctuations=PREPEND_PUNCTUATIONS,
+                            append_punctuations=APPEND_PUNCTUATIONS, last_speech_timestamp=last_speech)
+
+
+def mel_of(samples: torch.Tensor, n_mels: int) -> torch.Tensor:
+    """whisper's mel of a whole request, with the 30 s of padding its transcribe() adds."""
+    mel: torch.Tensor = whisper.log_mel_spectrogram(samples, n_mels, padding=whisper.audio.N_SAMPLES)
+    return mel

@@ -1,0 +1,281 @@
+"""The model's forward passes for the decoding loop: encoder, prompt, and one decoder pass for all.
+
+Every window being decoded owns a *slot* in ``Caches``: its audio's
+cross-attention keys and values, computed once from the encoder's output
+(a temperature fallback reuses them), and its sequences' self-attention
+keys and values, one row per sequence, up to ``rows`` rows. All slots live
+in one tensor per layer and kind, grown by doubling, so that a decoder pass
+can attend over every sequence of every window in one go.
+
+``step`` feeds one token more to every live sequence at once: the linear
+layers, the MLPs and the vocabulary projection see all rows together. It
+attends in one of two forms, on the same storage:
+
+- ``batched``: one masked attention over all slots, a fixed number of
+  kernel launches per layer whatever the number of requests (CUDA);
+- per window: each window against its own slot at its own length, no work
+  on padding (the CPU, where it measured faster: docs/benchmarks.md).
+
+A pass that fails leaves every length as it was, so the loop may run it
+again in halves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from whisper.model import Whisper
+
+_FIRST_CAPACITY = 32
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One window's part of a decoder pass: its slot and the token each of its rows takes next."""
+
+    slot: int
+    tokens: Sequence[int]
+
+
+class Caches:
+    """The caches of every window in the batch, in slots of ``rows`` sequences each."""
+
+    def __init__(self, model: Whisper, rows: int, dtype: torch.dtype, batched: bool) -> None:
+        dims = model.dims
+        self.model = model
+        self.rows = rows
+        self.dtype = dtype
+        self.batched = batched
+        self.device = model.decoder.token_embedding.weight.device
+        self.heads = dims.n_text_head
+        self.head_dim = dims.n_text_state // dims.n_text_head
+        self.frames = dims.n_audio_ctx
+        self.n_ctx = dims.n_text_ctx
+        self.layers = dims.n_text_layer
+        self.lengths: list[int] = []  # per slot: tokens in its self-attention cache
+        self.free: list[int] = []
+        self.self_k: list[Tensor] = []  # per layer: (slots, rows, heads, capacity, head_dim)
+        self.self_v: list[Tensor] = []
+        self.cross_k: list[Tensor] = []  # per layer: (slots, heads, head_dim, frames)
+        self.cross_v: list[Tensor] = []  # per layer: (slots, heads, frames, head_dim)
+
+    @property
+    def slots(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def capacity(self) -> int:
+        return self.self_k[0].shape[3] if self.self_k else 0
+
+    def _new(self, *shape: int) -> Tensor:
+        # Batched attention reads every position of a slot, masked: nothing there may be NaN.
+        make = torch.zeros if self.batched else torch.empty
+        return make(shape, dtype=self.dtype, device=self.device)
+
+    def open(self, features: Tensor) -> int:
+        """A slot for one window, its cross-attention caches computed from ``features`` (1, frames, state)."""
+        if not self.free:
+            self._grow_slots(max(1, 2 * self.slots))
+        slot = min(self.free)
+        self.free.remove(slot)
+        self.lengths[slot] = 0
+        features = features.to(self.dtype)
+        for layer, block in enumerate(self.model.decoder.blocks):
+            attn = block.cross_attn
+            keys = attn.key(features).view(self.frames, self.heads, self.head_dim)
+            values = attn.value(features).view(self.frames, self.heads, self.head_dim)
+            self.cross_k[layer][slot] = keys.permute(1, 2, 0)
+            self.cross_v[layer][slot] = values.transpose(0, 1)
+        return slot
+
+    def close(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def release(self) -> None:
+        """Drop every slot's memory; only when no window is open."""
+        if len(self.free) != self.slots:
+            raise RuntimeError("a window still holds a slot")
+        self.lengths, self.free = [], []
+        self.self_k, self.self_v, self.cross_k, self.cross_v = [], [], [], []
+
+    def _grow_slots(self, slots: int) -> None:
+        old = self.slots
+        capacity = max(self.capacity, _FIRST_CAPACITY)
+        for caches, shape in ((self.self_k, (self.rows, self.heads, capacity, self.head_dim)),
+                              (self.self_v, (self.rows, self.heads, capacity, self.head_dim)),
+                              (self.cross_k, (self.heads, self.head_dim, self.frames)),
+                              (self.cross_v, (self.heads, self.frames, self.head_dim))):
+            for layer in range(self.layers):
+                grown = self._new(slots, *shape)
+                if old:
+                    grown[:old] = caches[layer]
+                if layer < len(caches):
+                    caches[layer] = grown
+                else:
+                    caches.append(grown)
+        self.lengths += [0] * (slots - old)
+        self.free += list(range(old, slots))
+
+    def reserve(self, length: int) -> None:
+        """Room for ``length`` tokens in every slot; the capacity grows by doubling."""
+        capacity = self.capacity
+        if length <= capacity:
+            return
+        while capacity < length:
+            capacity *= 2
+        for caches in (self.self_k, self.self_v):
+            for layer, old in enumerate(caches):
+                grown = self._new(*old.shape[:3], capacity, self.head_dim)
+                grown[:, :, :, : old.shape[3]] = old
+                caches[layer] = grown
+
+    def rearrange(self, slot: int, sources: list[int]) -> None:
+        """Beam search: row i of ``slot`` continues old row ``sources[i]``; only moved rows are copied."""
+        moved = [(target, source) for target, source in enumerate(sources) if target != source]
+        if not moved:
+            return
+        targets = torch.tensor([t for t, _ in moved], device=self.device)
+        origins = torch.tensor([s for _, s in moved], device=self.device)
+        length = self.lengths[slot]
+        for cache in (*self.self_k, *self.self_v):
+            history = cache[slot, :, :, :length]
+            history.index_copy_(0, targets, history.index_select(0, origins))
+
+
+def encode(model: Whisper, mels: Tensor) -> Tensor:
+    """The encoder's output (windows, frames, state) for mels (windows, n_mels, 3000)."""
+    return model.encoder(mels)  # type: ignore[no-any-return]
+
+
+def prefill(caches: Caches, slot: int, prompt: Sequence[int], rows: int, read: Sequence[int]) -> Tensor:
+    """Run a window's prompt through the decoder into ``slot``, for ``rows`` sequences that share it.
+
+    Returns the logits (float32) at the positions ``read``.
+    """
+    decoder = caches.model.decoder
+    length = len(prompt)
+    caches.reserve(length)
+    tokens = torch.tensor([list(prompt)], device=caches.device)
+    x = (decoder.token_embedding(tokens) + decoder.positional_embedding[:length]).to(caches.dtype)
+    causal = torch.full((length, length), float("-inf"), device=caches.device).triu_(1)
+    heads, head_dim = caches.heads, caches.head_dim
+    for layer, block in enumerate(decoder.blocks):
+        attn, h = block.attn, block.attn_ln(x)
+        q = attn.query(h).view(length, heads, head_dim).transpose(0, 1)
+        k = attn.key(h).view(length, heads, head_dim).transpose(0, 1)
+        v = attn.value(h).view(length, heads, head_dim).transpose(0, 1)
+        caches.self_k[layer][slot, :rows, :, :length] = k
+        caches.self_v[layer][slot, :rows, :, :length] = v
+        scores = ((q * head_dim ** -0.5) @ k.transpose(-1, -2)).float() + causal
+        out = (F.softmax(scores, dim=-1).to(q.dtype) @ v).transpose(0, 1).reshape(1, length, -1)
+        x = x + attn.out(out)
+        cross, h = block.cross_attn, block.cross_attn_ln(x)
+        q = cross.query(h).view(length, heads, head_dim).transpose(0, 1)
+        scores = ((q * head_dim ** -0.5) @ caches.cross_k[layer][slot]).float()
+        out = (F.softmax(scores, dim=-1).to(q.dtype) @ caches.cross_v[layer][slot])
+        x = x + cross.out(out.transpose(0, 1).reshape(1, length, -1))
+        x = x + block.mlp(block.mlp_ln(x))
+    hidden: Tensor = decoder.ln(x)[0, list(read)]
+    caches.lengths[slot] = length
+    logits: Tensor = (hidden @ decoder.token_embedding.weight.to(hidden.dtype).T).float()
+    return logits
+
+
+def step(caches: Caches, feeds: Sequence[Feed]) -> Tensor:
+    """One token more for every row of every feed, in one pass; the logits (rows, vocabulary), float32."""
+    decoder = caches.model.decoder
+    lengths = [caches.lengths[feed.slot] for feed in feeds]
+    caches.reserve(max(lengths) + 1)
+    counts = [len(feed.tokens) for feed in feeds]
+    device = caches.device
+    slot_of_row = torch.tensor([feed.slot for feed in feeds for _ in feed.tokens], device=device)
+    row_in_slot = torch.tensor([row for feed in feeds for row in range(len(feed.tokens))], device=device)
+    position = torch.tensor([length for length, count in zip(lengths, counts, strict=True)
+                             for _ in range(count)], device=device)
+    tokens = torch.tensor([[token] for feed in feeds for token in feed.tokens], device=device)
+    x = decoder.token_embedding(tokens) + decoder.positional_embedding[position].unsqueeze(1)
+    x = x.to(caches.dtype)
+    total, heads, head_dim = tokens.shape[0], caches.heads, caches.head_dim
+    attend: _PerWindow | _Batched = (_Batched(caches, feeds, lengths) if caches.batched
+                                     else _PerWindow(caches, feeds, lengths, counts))
+    for layer, block in enumerate(decoder.blocks):
+        attn, h = block.attn, block.attn_ln(x)
+        q = attn.query(h).view(total, heads, head_dim)
+        where = (slot_of_row, row_in_slot, slice(None), position)
+        caches.self_k[layer][where] = attn.key(h).view(total, heads, head_dim)
+        caches.self_v[layer][where] = attn.value(h).view(total, heads, head_dim)
+        x = x + attn.out(attend.self(layer, q, slot_of_row, row_in_slot).reshape(total, 1, -1))
+        cross, h = block.cross_attn, block.cross_attn_ln(x)
+        q = cross.query(h).view(total, heads, head_dim)
+        x = x + cross.out(attend.cross(layer, q, slot_of_row, row_in_slot).reshape(total, 1, -1))
+        x = x + block.mlp(block.mlp_ln(x))
+    hidden: Tensor = decoder.ln(x)[:, -1]
+    logits: Tensor = (hidden @ decoder.token_embedding.weight.to(hidden.dtype).T).float()
+    for feed in feeds:  # only once the whole pass has succeeded: a failed one may be run again
+        caches.lengths[feed.slot] += 1
+    return logits
+
+
+def _softmax_apply(scores: Tensor, values: Tensor) -> Tensor:
+    return F.softmax(scores.float(), dim=-1).to(values.dtype) @ values
+
+
+class _PerWindow:
+    """Each window attends against its own slot at its own length."""
+
+    def __init__(self, caches: Caches, feeds: Sequence[Feed], lengths: list[int], counts: list[int]) -> None:
+        self.caches, self.feeds, self.lengths, self.counts = caches, feeds, lengths, counts
+
+    def self(self, layer: int, q: Tensor, slot_of_row: Tensor, row_in_slot: Tensor) -> Tensor:
+        keys, values = self.caches.self_k[layer], self.caches.self_v[layer]
+        scale = self.caches.head_dim ** -0.5
+        parts = []
+        for feed, length, part in zip(self.feeds, self.lengths, torch.split(q, self.counts), strict=True):
+            rows, end = len(feed.tokens), length + 1
+            k, v = keys[feed.slot, :rows, :, :end], values[feed.slot, :rows, :, :end]
+            parts.append(_softmax_apply((part.unsqueeze(2) * scale) @ k.transpose(-1, -2), v))
+        return torch.cat(parts)  # (rows, heads, 1, head_dim)
+
+    def cross(self, layer: int, q: Tensor, slot_of_row: Tensor, row_in_slot: Tensor) -> Tensor:
+        keys, values = self.caches.cross_k[layer], self.caches.cross_v[layer]
+        scale = self.caches.head_dim ** -0.5
+        parts = []
+        for feed, part in zip(self.feeds, torch.split(q, self.counts), strict=True):
+            # The rows of one window share its audio: their queries form one block.
+            block = part.transpose(0, 1) * scale  # (heads, rows, head_dim)
+            parts.append(_softmax_apply(block @ keys[feed.slot], values[feed.slot]).transpose(0, 1))
+        return torch.cat(parts)  # (rows, heads, head_dim)
+
+
+class _Batched:
+    """All slots attend at once, padded and masked: launches per layer do not grow with the batch."""
+
+    def __init__(self, caches: Caches, feeds: Sequence[Feed], lengths: list[int]) -> None:
+        self.caches = caches
+        self.used = max(feed.slot for feed in feeds) + 1
+        self.end = max(lengths) + 1
+        ends = torch.ones(self.used, dtype=torch.long)  # slots outside this pass: any one position
+        ends[[feed.slot for feed in feeds]] = torch.tensor([length + 1 for length in lengths])
+        mask = torch.zeros(self.used, self.end)
+        mask[torch.arange(self.end).expand(self.used, -1) >= ends.unsqueeze(1)] = float("-inf")
+        self.mask = mask.view(self.used, 1, 1, 1, self.end).to(caches.device)
+
+    def self(self, layer: int, q: Tensor, slot_of_row: Tensor, row_in_slot: Tensor) -> Tensor:
+        c = self.caches
+        padded = q.new_zeros((self.used, c.rows, c.heads, 1, c.head_dim))
+        padded[slot_of_row, row_in_slot] = q.unsqueeze(2) * c.head_dim ** -0.5
+        keys = c.self_k[layer][: self.used, :, :, : self.end]
+        values = c.self_v[layer][: self.used, :, :, : self.end]
+        out = _softmax_apply((padded @ keys.transpose(-1, -2)).float() + self.mask, values)
+        return out[slot_of_row, row_in_slot]  # (rows, heads, 1, head_dim)
+
+    def cross(self, layer: int, q: Tensor, slot_of_row: Tensor, row_in_slot: Tensor) -> Tensor:
+        c = self.caches
+        padded = q.new_zeros((self.used, c.heads, c.rows, c.head_dim))
+        padded[slot_of_row, :, row_in_slot] = q * c.head_dim ** -0.5
+        out = _softmax_apply(padded @ c.cross_k[layer][: self.used], c.cross_v[layer][: self.used])
+        return out[slot_of_row, :, row_in_slot]  # (rows, heads, head_dim)
