@@ -111,6 +111,8 @@ class DecodingLoop:
                 if not running:
                     continue
                 for gone in [r for r in running if r.work.abandoned]:
+                    log.info("a request left the decoding loop: its client has gone (%d windows done)",
+                             gone.windows_done)
                     self._end(gone, running, None, None)
                 self._open_windows([r for r in running if r.search is None], running)
                 live = [r for r in running if r.search is not None and not r.search.done]

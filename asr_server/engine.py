@@ -215,7 +215,8 @@ class Engine:
                 continue
             words = None
             if windows.options.word_timestamps:
-                words = tuple(Word(w["word"], round(float(w["start"]), 3), round(float(w["end"]), 3),
+                words = tuple(Word(w["word"], round(min(float(w["start"]), duration), 3),
+                                   round(min(float(w["end"]), duration), 3),
                                    round(float(w["probability"]), 3)) for w in seg.get("words", []))
             segments.append(Segment(text=text, start=round(start, 3), end=round(max(start, end), 3),
                                     words=words))

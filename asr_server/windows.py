@@ -67,6 +67,7 @@ class RequestWindows:
         self.segment_size = 0
         self.temperature_index = 0
         self.speech_regions: list[Any] | None = None  # the VAD's, kept for the engine's answer
+        self.decisions: list[tuple[int, float, bool]] = []  # per window: seek, temperature, skipped
 
     @property
     def finished(self) -> bool:
@@ -119,6 +120,7 @@ class RequestWindows:
     def accept(self, result: WindowResult, add_words: AddWords) -> None:
         """The window's final result: its segments, and the seek moved on, as transcribe() does."""
         assert self.tokenizer is not None and self.window is not None
+        self.decisions.append((self.seek, result.temperature, self.is_silent(result)))
         if self.is_silent(result):
             self.seek += self.segment_size  # fast-forward to the next window
             return

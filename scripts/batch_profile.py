@@ -1,12 +1,11 @@
-"""Where a continuous batch's time goes, in-process: the engine alone, without sockets or clients.
+"""Where the decoding loop's time goes, in-process: the engine alone, without sockets or clients.
 
 Runs the short clips of ``../shared/eval/`` one at a time, then as one stream
-through ``Engine.transcribe_continuously`` with ``--capacity`` places (as the
-server does with ``ASR_MAX_BATCH`` and a full queue), and splits the stream's
-wall time into the encoder, the decoder passes (with how many requests each
-carried) and the rest (prompts, language detection, the participants'
-bookkeeping between passes that a pass waits for, the VAD). Alternate runs
-at different capacities in one process so they meet the same machine.
+through ``Engine.transcribe_batch`` with ``--capacity`` places (as the server
+does with ``ASR_MAX_BATCH`` and a full queue), and splits the stream's wall
+time into the encoder, the decoder passes (with how many requests each
+carried) and the rest (prompts, language detection, the searches' bookkeeping,
+the VAD). ``--attention`` picks the pass's attention form (forward.py).
 
 Run: .venv/bin/python scripts/batch_profile.py --beam 5 --capacity 8 16
 """
@@ -18,7 +17,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The server's OpenMP settings, set before torch loads (as bench.py does).
@@ -28,9 +26,10 @@ assert OPENMP_DEFAULTS
 
 import torch  # noqa: E402
 
+from asr_server import forward  # noqa: E402
 from asr_server.audio import decode_wav  # noqa: E402
 from asr_server.config import Config  # noqa: E402
-from asr_server.engine import Engine, EngineSettings, ListedRequest  # noqa: E402
+from asr_server.engine import Engine, EngineSettings  # noqa: E402
 from asr_server.protocol import TranscribeOptions  # noqa: E402
 from tests.harness import load_manifest  # noqa: E402
 
@@ -45,17 +44,17 @@ class Timings:
         encoder = engine.model.encoder
         encoder.register_forward_pre_hook(lambda module, args: started.append(time.perf_counter()))
         encoder.register_forward_hook(lambda module, args, out: self._encoded(started.pop()))
-        real = engine._decoder_step
+        real = forward.step
 
-        def timed(states: Sequence[Any], tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        def timed(caches: forward.Caches, feeds: Sequence[forward.Feed]) -> torch.Tensor:
             begun = time.perf_counter()
             try:
-                return real(states, tokens)
+                return real(caches, feeds)
             finally:
                 self.passes_s += time.perf_counter() - begun
-                self.passes.append(len(states))
+                self.passes.append(len(feeds))
 
-        engine._decoder_step = timed  # type: ignore[method-assign]
+        forward.step = timed  # the loop calls forward.step through the module
 
     def _encoded(self, begun: float) -> None:
         self.encoder_s += time.perf_counter() - begun
@@ -70,9 +69,10 @@ def main() -> int:
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--capacity", type=int, nargs="+", default=[8])
     parser.add_argument("--clips", type=int, default=0, help="the first N short clips (0: all)")
+    parser.add_argument("--attention", choices=("per-window", "batched"), default="per-window")
     args = parser.parse_args()
     engine = Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(),
-                                   beam_size=args.beam))
+                                   beam_size=args.beam, batched_attention=args.attention == "batched"))
     engine.warm_up()
     timings = Timings(engine)
     clips = [c for c in load_manifest() if c.kind == "short"]
@@ -81,7 +81,8 @@ def main() -> int:
     items = [(decode_wav(c.path.read_bytes(), 1e9).samples, TranscribeOptions(c.lang, "transcribe"))
              for c in clips]
     audio = sum(c.duration for c in clips)
-    print(f"{len(clips)} clips, {audio:.0f} s of audio, beam {args.beam}, {torch.get_num_threads()} threads")
+    print(f"{len(clips)} clips, {audio:.0f} s of audio, beam {args.beam}, {torch.get_num_threads()} threads, "
+          f"{args.attention} attention")
     print("| run | wall s | encoder s | decoder passes s | passes | requests per pass | rest s | gain |")
     print("|---|---|---|---|---|---|---|---|")
     timings.reset()
@@ -92,14 +93,10 @@ def main() -> int:
           f"{alone_s - timings.encoder_s:.1f} (decoding and all) | 1.00x |", flush=True)
     for capacity in args.capacity:
         timings.reset()
-        requests = [ListedRequest(samples, options) for samples, options in items]
-        waiting = list(reversed(requests))
         started = time.perf_counter()
-        engine.transcribe_continuously(lambda queue=waiting: queue.pop() if queue else None,  # type: ignore[misc]
-                                       capacity)
+        results = engine.transcribe_batch(items, capacity)
         wall = time.perf_counter() - started
-        texts = [r.result.text if r.result is not None and not isinstance(r.result, Exception) else None
-                 for r in requests]
+        texts = [None if isinstance(r, Exception) else r.text for r in results]
         differ = sum(a != b for a, b in zip(alone, texts, strict=True))
         rest = wall - timings.encoder_s - timings.passes_s
         per_pass = sum(timings.passes) / max(1, len(timings.passes))

@@ -1,4 +1,4 @@
-"""Decode speed on random weights of a real model's shape: openai-whisper's decoder beside ours.
+"""Decode speed on random weights of a real model's shape: openai-whisper's decoder beside our loop's passes.
 
 Random weights of large-v3's or turbo's shape serve for speed (the weights
 themselves do not travel to a GPU machine). End-of-text is suppressed so every
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,7 +26,8 @@ from whisper.decoding import DecodingOptions, DecodingTask
 from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import get_tokenizer
 
-from asr_server.inference import GroupedDecodingTask
+from asr_server import forward
+from asr_server.search import Rules, SearchSpec, WindowSearch, advance_all
 
 SHAPES = {
     "large-v3": ModelDimensions(128, 1500, 1280, 20, 32, 51866, 448, 1280, 20, 32),
@@ -34,20 +36,54 @@ SHAPES = {
 }
 
 
-def timed_decode(task_class: type[DecodingTask], model: Whisper, mel: torch.Tensor,
-                 options: DecodingOptions, repeats: int) -> float:
-    """Median seconds per decode call of the whole batch (encoder included), after one warm-up."""
+def whisper_decode(model: Whisper, mel: torch.Tensor, options: DecodingOptions) -> None:
+    results = DecodingTask(model, options).run(mel)
+    assert all(len(r.tokens) == options.sample_len for r in results), "a decode stopped early"
+
+
+def loop_decode(model: Whisper, mel: torch.Tensor, options: DecodingOptions) -> None:
+    """The decoding loop's work for a batch of windows: encoder (stacked), prompts, then one
+    decoder pass per token for every window and the searches advanced (search.py)."""
+    tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language="en")
+    rules = Rules(tokenizer, model.dims.n_audio_ctx)
+    rules.suppress = sorted({*rules.suppress, tokenizer.eot})  # every decode runs all its tokens
+    beam = options.beam_size
+    caches = forward.Caches(model, beam or 1, mel.dtype, batched=mel.is_cuda)
+    features = forward.encode(model, mel)
+    prompt = list(tokenizer.sot_sequence)
+    searches, slots = [], []
+    for window in features:
+        slot = caches.open(window.unsqueeze(0))
+        search = WindowSearch(SearchSpec(0.0, beam_size=beam), prompt, 0, options.sample_len or 32, 448)
+        logits = forward.prefill(caches, slot, prompt, search.rows, (0, len(prompt) - 1))
+        advance_all(rules, [search], logits[1:].expand(search.rows, -1).clone())
+        searches.append(search)
+        slots.append(slot)
+    while not all(search.done for search in searches):
+        logits = forward.step(caches, [forward.Feed(slot, search.last_tokens())
+                                       for slot, search in zip(slots, searches, strict=True)])
+        for slot, moves in zip(slots, advance_all(rules, searches, logits), strict=True):
+            if moves is not None:
+                caches.rearrange(slot, moves)
+    assert all(search.length - len(prompt) == options.sample_len for search in searches)
+    for slot in slots:
+        caches.close(slot)
+    caches.release()
+
+
+def timed(decode: Callable[[Whisper, torch.Tensor, DecodingOptions], None], model: Whisper,
+          mel: torch.Tensor, options: DecodingOptions, repeats: int) -> float:
+    """Median seconds per decode of the whole batch (encoder included), after one warm-up."""
     times = []
     for i in range(repeats + 1):
         if mel.is_cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        results = task_class(model, options).run(mel)
+        decode(model, mel, options)
         if mel.is_cuda:
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - started)
-        assert all(len(r.tokens) == options.sample_len for r in results), "a decode stopped early"
     return sorted(times)[len(times) // 2]
 
 
@@ -83,8 +119,9 @@ def main() -> int:
             with torch.inference_mode():
                 theirs = float("nan")
                 if args.beam == 1 or batch == 1:  # whisper's own batched beam search fails
-                    theirs = timed_decode(DecodingTask, model, mel, options, args.repeats)
-                ours = timed_decode(GroupedDecodingTask, model, mel, options, args.repeats)
+                    theirs = timed(whisper_decode, model, mel, options, args.repeats)
+                ours = timed(loop_decode, model, mel.to(torch.float16 if fp16 else torch.float32),
+                             options, args.repeats)
             lines.append(f"| {name} | {batch} | {theirs * 1000:.0f} | {ours * 1000:.0f} | "
                          f"{theirs / ours:.2f}x | {batch / ours:.1f} |")
             print(lines[-1], flush=True)

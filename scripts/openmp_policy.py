@@ -1,8 +1,8 @@
 """OpenMP wait settings against each other, alone on the CPU and with one core taken by another process.
 
 Each setting runs in a fresh interpreter (libgomp reads them once, at load): the encoder on
-8 windows, 4 clips decoded one at a time and the same 8 decoded as one batch (beam 5, the
-server's decoder). With ``--contended`` a busy loop holds one core meanwhile, as a test
+8 windows, 4 clips transcribed one at a time and 8 as one batch (beam 5, the server's
+decoding loop). With ``--contended`` a busy loop holds one core meanwhile, as a test
 client or another service would. Prints a table for docs/benchmarks.md.
 
 Run: .venv/bin/python scripts/openmp_policy.py
@@ -27,32 +27,29 @@ SETTINGS = {
 
 MEASURE = """
 import time, torch, whisper
-from whisper.decoding import DecodingOptions
 from asr_server.audio import decode_wav
 from asr_server.config import Config
-from asr_server.engine import load_model
-from asr_server.inference import decode
+from asr_server.engine import Engine, EngineSettings
+from asr_server.protocol import TranscribeOptions
 from tests.harness import load_manifest
-torch.set_num_threads(2)
-model = load_model(Config().model_path, torch.device("cpu"))
+engine = Engine(EngineSettings(Config().model_path, "cpu", threads=2, beam_size=5, vad=False))
+model = engine.model
 clips = [c for c in load_manifest() if c.kind == "short"][::4][:8]
-mels = [whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(
-    decode_wav(c.path.read_bytes(), 600).samples))) for c in clips]
+samples = [decode_wav(c.path.read_bytes(), 600).samples for c in clips]
+mels = [whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(s))) for s in samples]
+items = [(s, TranscribeOptions(c.lang, "transcribe")) for s, c in zip(samples, clips)]
 with torch.inference_mode():
     model.encoder(mels[0][None])
     started = time.perf_counter()
     features = torch.cat([model.encoder(m[None]) for m in mels])
     encoder = time.perf_counter() - started
-    options = [DecodingOptions(beam_size=5, temperature=0.0, fp16=False, language=c.lang) for c in clips]
-    decode(model, features[0], options[0])
-    started = time.perf_counter()
-    for i in range(4):
-        decode(model, features[i], options[i])
-    alone = time.perf_counter() - started
-    started = time.perf_counter()
-    decode(model, features, DecodingOptions(beam_size=5, temperature=0.0, fp16=False),
-           [c.lang for c in clips])
-    batch = time.perf_counter() - started
+engine.transcribe(*items[0])
+started = time.perf_counter()
+engine.transcribe_batch(items[:4], capacity=1)
+alone = time.perf_counter() - started
+started = time.perf_counter()
+engine.transcribe_batch(items, capacity=8)
+batch = time.perf_counter() - started
 print(f"{encoder:.2f} {alone:.2f} {batch:.2f}")
 """
 

@@ -278,7 +278,7 @@ def reference_transcribe(model: Any, samples: np.ndarray, language: str | None, 
     """openai-whisper's own ``transcribe()`` with the server's decoding settings."""
     import whisper
 
-    from asr_server.engine import BEST_OF, TEMPERATURES
+    from asr_server.windows import BEST_OF, TEMPERATURES
 
     result = whisper.transcribe(
         model, samples, verbose=None, temperature=TEMPERATURES, language=language,

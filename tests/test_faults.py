@@ -10,6 +10,8 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -19,7 +21,6 @@ from websockets.sync.client import connect
 from asr_server.config import Config
 from asr_server.metrics import Metrics
 from asr_server.postprocess import PostProcessor
-from asr_server.protocol import Transcription
 from asr_server.scheduler import Scheduler
 from asr_server.server import AsrServer
 from tests.harness import ServerProcess, wav_bytes
@@ -33,9 +34,10 @@ class FaultInjectingEngine:
     def __init__(self) -> None:
         self.calls = 0
 
-    def transcribe_batch(self, items: list[tuple[np.ndarray, object]]) -> list[Transcription | Exception]:
-        self.calls += 1
-        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected fault)")
+    def serve(self, source: Any, capacity: int, observe_pass: Callable[[int], None]) -> None:
+        while (job := source.next(block=True)) is not None:
+            self.calls += 1
+            job.settle(None, RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected fault)"))
 
 
 def test_an_engine_fault_is_internal_error_and_the_server_goes_on() -> None:
@@ -79,7 +81,8 @@ from asr_server import __main__ as entry, app
 
 class WorkerKillingEngine:
     '''Fault double: a fatal error escapes every request handler and ends the worker thread.'''
-    def transcribe_batch(self, items):
+    def serve(self, source, capacity, observe_pass):
+        source.next(block=True)
         raise SystemExit("injected fault: the inference worker thread dies")
 
 app.load_engine = lambda settings: WorkerKillingEngine()

@@ -8,7 +8,7 @@ import pytest
 
 from asr_server import protocol
 from asr_server.errors import ALL_ERRORS, BadRequest, UnsupportedLanguage
-from asr_server.protocol import KeyRing, PostprocessOutcome, Segment, Transcription
+from asr_server.protocol import KeyRing, PostprocessOutcome, Segment, Transcription, Word
 
 
 def meta(**fields: object) -> str:
@@ -73,10 +73,33 @@ def test_deep_nesting_under_the_size_limit_is_bad_request() -> None:
 
 @pytest.mark.parametrize("fields", [
     {"language": 5}, {"task": "summarise"}, {"task": 1}, {"postprocess": "yes"}, {"postprocess": 1},
+    {"word_timestamps": "true"}, {"word_timestamps": 1}, {"prompt": 5}, {"prompt": ["names"]},
+    {"prompt": "x" * (protocol.MAX_PROMPT_CHARS + 1)},
 ])
 def test_wrong_field_types(fields: dict[str, object]) -> None:
     with pytest.raises(BadRequest):
         protocol.parse_transcribe({"type": "transcribe", **fields})
+
+
+def test_the_two_options_beyond_the_spec() -> None:
+    plain = protocol.parse_transcribe({"type": "transcribe"})
+    assert (plain.word_timestamps, plain.prompt) == (False, None)  # absent: served as the spec says
+    asked = protocol.parse_transcribe({"type": "transcribe", "word_timestamps": True,
+                                       "prompt": "  Dr. Petrova, Plovdiv  "})
+    assert (asked.word_timestamps, asked.prompt) == (True, "Dr. Petrova, Plovdiv")
+    nulls = protocol.parse_transcribe({"type": "transcribe", "word_timestamps": None, "prompt": "  "})
+    assert (nulls.word_timestamps, nulls.prompt) == (False, None)
+
+
+def test_words_appear_in_a_result_frame_only_when_asked_for() -> None:
+    words = (Word(" Hello", 0.0, 0.4, 0.9), Word(" there.", 0.4, 0.8, 0.75))
+    asked = Transcription("Hello there.", (Segment("Hello there.", 0.0, 0.8, words),), "en")
+    frame = json.loads(protocol.result_frame(asked, PostprocessOutcome()))
+    assert frame["segments"][0]["words"] == [
+        {"word": " Hello", "start": 0.0, "end": 0.4, "probability": 0.9},
+        {"word": " there.", "start": 0.4, "end": 0.8, "probability": 0.75}]
+    plain = Transcription("Hello there.", (Segment("Hello there.", 0.0, 0.8),), "en")
+    assert "words" not in json.loads(protocol.result_frame(plain, PostprocessOutcome()))["segments"][0]
 
 
 def test_bad_machine_id_never_fails_a_request() -> None:

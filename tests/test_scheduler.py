@@ -24,24 +24,25 @@ OPTIONS = TranscribeOptions("en", "transcribe")
 
 
 class GatedStandInEngine:
-    """Stand-in engine: returns the first sample as text once the gate opens."""
+    """Stand-in engine: takes one request at a time and answers its first sample as text once the
+    gate opens; a negative sample fails that request alone."""
 
     def __init__(self) -> None:
         self.gate = threading.Event()
         self.started = threading.Event()
         self.calls: list[float] = []
-        self.batches: list[int] = []
 
-    def transcribe_batch(
-        self, items: list[tuple[np.ndarray, TranscribeOptions]]
-    ) -> list[Transcription | Exception]:
-        self.started.set()
-        self.batches.append(len(items))
-        self.calls += [float(samples[0]) for samples, _ in items]
-        self.gate.wait(10)
-        return [RuntimeError("injected engine fault") if samples[0] < 0 else
-                Transcription(text=str(samples[0]), segments=(), language=options.language or "")
-                for samples, options in items]
+    def serve(self, source: Any, capacity: int, observe_pass: Callable[[int], None]) -> None:
+        while (job := source.next(block=True)) is not None:
+            self.started.set()
+            self.calls.append(float(job.samples[0]))
+            self.gate.wait(10)
+            observe_pass(1)
+            if job.samples[0] < 0:
+                job.settle(None, RuntimeError("injected engine fault"))
+            else:
+                job.settle(Transcription(text=str(job.samples[0]), segments=(),
+                                         language=job.options.language or ""), None)
 
 
 def audio(marker: float) -> np.ndarray:
@@ -91,7 +92,7 @@ def test_runs_one_at_a_time_in_order() -> None:
         results = await asyncio.gather(*tasks)
         assert [r.text for r in results] == [str(float(i)) for i in range(5)]
         assert engine.calls == [0.0, 1.0, 2.0, 3.0, 4.0]
-        assert batches == [1, 1, 1, 1, 1]  # each model call is counted with its size
+        assert batches == [1, 1, 1, 1, 1]  # each pass is counted with its size
         scheduler.stop()
         assert not scheduler.alive
 
@@ -215,25 +216,6 @@ def test_after_stop_requests_are_refused() -> None:
     asyncio.run(scenario())
 
 
-def test_waiting_requests_are_taken_together_up_to_max_batch() -> None:
-    batches: list[int] = []
-
-    async def scenario() -> None:
-        scheduler, engine = make(max_queue=16, max_batch=4, batches=batches)
-        await scheduler.wait_ready()
-        first = asyncio.create_task(scheduler.submit(audio(0), OPTIONS))
-        await started(engine)  # the worker holds a batch of one; six more now wait
-        rest = [asyncio.create_task(scheduler.submit(audio(i), OPTIONS)) for i in range(1, 7)]
-        await queued(scheduler, 6)
-        engine.gate.set()
-        results = await asyncio.gather(first, *rest)
-        assert [r.text for r in results] == [str(float(i)) for i in range(7)]
-        assert engine.batches == [1, 4, 2] and batches == [1, 4, 2]
-        scheduler.stop()
-
-    asyncio.run(scenario())
-
-
 def test_a_request_that_waited_past_the_deadline_is_overloaded() -> None:
     async def scenario() -> None:
         scheduler, engine = make(max_queue=4, deadline_s=DEADLINE_S)
@@ -255,72 +237,32 @@ def test_a_request_that_waited_past_the_deadline_is_overloaded() -> None:
     asyncio.run(scenario())
 
 
-def test_one_failing_request_in_a_batch_fails_alone() -> None:
+class DyingStandInEngine(GatedStandInEngine):
+    """Fault double: the worker thread dies (a fatal error outside any request) while it holds one."""
+
+    def serve(self, source: Any, capacity: int, observe_pass: Callable[[int], None]) -> None:
+        source.next(block=True)
+        self.started.set()
+        self.gate.wait(10)
+        raise SystemExit("injected fault: the worker dies")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected death
+def test_a_dying_worker_answers_the_request_it_held_and_those_waiting() -> None:
     async def scenario() -> None:
-        scheduler, engine = make(max_queue=8, max_batch=8)
-        await scheduler.wait_ready()
-        first = asyncio.create_task(scheduler.submit(audio(0), OPTIONS))
-        await started(engine)
-        bad = asyncio.create_task(scheduler.submit(audio(-1), OPTIONS))
-        good = asyncio.create_task(scheduler.submit(audio(2), OPTIONS))
-        await queued(scheduler, 2)
-        engine.gate.set()
-        await first
-        with pytest.raises(RuntimeError, match="injected"):
-            await bad
-        assert (await good).text == "2.0"
-        assert engine.batches == [1, 2]
-        scheduler.stop()
-
-    asyncio.run(scenario())
-
-
-class OutOfMemoryFaultEngine(GatedStandInEngine):
-    """Fault double: a batch of more than ``fits`` requests, or one request marked 99, runs out of
-    device memory the way CUDA does (torch.cuda.OutOfMemoryError is a RuntimeError with this text)."""
-
-    def __init__(self, fits: int) -> None:
-        super().__init__()
-        self.fits = fits
-
-    def transcribe_batch(
-        self, items: list[tuple[np.ndarray, TranscribeOptions]]
-    ) -> list[Transcription | Exception]:
-        if len(items) > self.fits or any(samples[0] == 99 for samples, _ in items):
-            self.batches.append(len(items))
-            raise RuntimeError("CUDA out of memory. Tried to allocate 3.00 GiB (injected fault)")
-        return super().transcribe_batch(items)
-
-
-def test_a_batch_out_of_memory_is_split_and_only_the_request_too_big_fails() -> None:
-    async def scenario() -> None:
-        engine = OutOfMemoryFaultEngine(fits=2)
-        engine.gate.set()
-        scheduler = Scheduler(lambda: engine, 16, 8, 60.0)
+        engine = DyingStandInEngine()
+        scheduler = Scheduler(lambda: engine, max_queue=4)
         scheduler.start()
         await scheduler.wait_ready()
-        blocker = asyncio.create_task(scheduler.submit(audio(0), OPTIONS))
-        await blocker
-        engine.gate.clear()
-        engine.started.clear()
-        engine.batches.clear()
-        held = asyncio.create_task(scheduler.submit(audio(0.5), OPTIONS))
-        await started(engine)  # the worker is busy: the next six are taken as one batch
-        markers = [1, 2, 99, 4, 5, 6]
-        tasks = [asyncio.create_task(scheduler.submit(audio(m), OPTIONS)) for m in markers]
-        await queued(scheduler, 6)
+        held = asyncio.create_task(scheduler.submit(audio(1), OPTIONS))
+        await started(engine)
+        waiting = asyncio.create_task(scheduler.submit(audio(2), OPTIONS))
+        await queued(scheduler, 1)
         engine.gate.set()
-        await held
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for marker, result in zip(markers, results, strict=True):
-            if marker == 99:
-                assert isinstance(result, RuntimeError) and "out of memory" in str(result)
-            else:
-                assert isinstance(result, Transcription) and result.text == str(float(marker))
-        # 6 failed, then halves of 3 failed, then batches of at most 2 ran; 99 failed alone
-        assert engine.batches[:2] == [1, 6] and max(engine.batches[2:]) <= 3
-        assert (await scheduler.submit(audio(7), OPTIONS)).text == "7.0"  # and it goes on serving
-        scheduler.stop()
+        for task in (held, waiting):
+            with pytest.raises(InternalError, match="stopped"):
+                await task
+        await wait_until_async(lambda: not scheduler.alive, 10, "the worker thread to end")
 
     asyncio.run(scenario())
 
@@ -329,15 +271,12 @@ class ContinuousStandInEngine(GatedStandInEngine):
     """Stand-in for an engine that batches continuously: it holds each request it takes until
     the test releases that request's marker, and takes another whenever one of its places is free."""
 
-    continuous = True
-
     def __init__(self) -> None:
         super().__init__()
         self.release: dict[float, threading.Event] = {}
         self.taken = threading.Condition()
 
-    def transcribe_continuously(self, take: Callable[[], Any], capacity: int,
-                                observe_step: Callable[[int], None]) -> None:
+    def serve(self, source: Any, capacity: int, observe_pass: Callable[[int], None]) -> None:
         places = threading.Semaphore(capacity)
         holders = []
 
@@ -349,7 +288,7 @@ class ContinuousStandInEngine(GatedStandInEngine):
             places.release()
             job.settle(Transcription(text=str(marker), segments=(), language="en"), None)
 
-        while places.acquire() and (job := take()) is not None:
+        while places.acquire() and (job := source.next(block=True)) is not None:
             with self.taken:
                 self.calls.append(float(job.samples[0]))
                 self.taken.notify_all()

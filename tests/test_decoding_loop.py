@@ -1,0 +1,236 @@
+"""The decoding loop against its oracle, whisper's own transcribe(), on real clips and the real model.
+
+Greedy results must be whisper's exactly (text, segments, language), each
+clip alone and in batches of 8, in both attention forms; beam search too on
+a few; the fallback and no-speech decisions are whisper's. The out-of-memory
+policy is tested with a named fault double; the threads test counts the
+threads that run the model.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import whisper
+
+from asr_server import forward
+from asr_server.audio import decode_wav
+from asr_server.config import Config
+from asr_server.decoding_loop import DecodingLoop
+from asr_server.engine import Engine, EngineSettings, ListedRequest, join_sentences
+from asr_server.protocol import Segment, TranscribeOptions, Transcription
+from asr_server.windows import BEST_OF, TEMPERATURES, RequestWindows
+from tests.harness import EVAL_DIR, Clip, ServerProcess, load_manifest
+
+from .conftest import exchange, request
+
+
+def make_engine(beam_size: int = 1, batched_attention: bool | None = None) -> Engine:
+    return Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(),
+                                 beam_size=beam_size, vad=False, batched_attention=batched_attention))
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return make_engine()
+
+
+def samples_of(clip: Clip) -> np.ndarray:
+    return decode_wav(clip.path.read_bytes(), 1e9).samples
+
+
+def whisper_raw(model: whisper.model.Whisper, samples: np.ndarray, options: TranscribeOptions,
+                beam_size: int | None = None) -> dict[str, Any]:
+    """The oracle: whisper's transcribe() with the server's decoding settings."""
+    with torch.inference_mode():
+        result: dict[str, Any] = whisper.transcribe(
+            model, torch.from_numpy(samples), temperature=TEMPERATURES, language=options.language,
+            task=options.task, beam_size=beam_size, best_of=BEST_OF, fp16=False,
+            condition_on_previous_text=True, initial_prompt=options.prompt)
+    return result
+
+
+def whisper_transcribe(model: whisper.model.Whisper, samples: np.ndarray, options: TranscribeOptions,
+                       beam_size: int | None = None) -> Transcription:
+    """The oracle's result, formatted as ours."""
+    return formatted(whisper_raw(model, samples, options, beam_size), samples)
+
+
+def formatted(result: dict[str, Any], samples: np.ndarray) -> Transcription:
+    duration = len(samples) / 16_000
+    segments = [Segment(seg["text"].strip(), round(seg["start"], 3),
+                        round(max(seg["start"], min(seg["end"], duration)), 3))
+                for seg in result["segments"] if seg["text"].strip()]
+    joined = join_sentences(segments)
+    return Transcription(" ".join(s.text for s in joined), tuple(joined), result["language"])
+
+
+def oracle_items() -> tuple[list[Clip], list[tuple[np.ndarray, TranscribeOptions]]]:
+    """24 short clips in four languages; every fourth one (not Bulgarian) with its language detected."""
+    clips = [c for c in load_manifest() if c.kind == "short"][::2][:24]
+    options = [TranscribeOptions(None if i % 4 == 3 and c.lang != "bg" else c.lang, "transcribe")
+               for i, c in enumerate(clips)]
+    return clips, [(samples_of(c), o) for c, o in zip(clips, options, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def oracle(engine: Engine) -> Iterator[tuple[list[Clip], list[tuple[np.ndarray, TranscribeOptions]],
+                                             list[Transcription]]]:
+    clips, items = oracle_items()
+    assert len(clips) == 24 and len({c.lang for c in clips}) >= 3
+    yield clips, items, [whisper_transcribe(engine.model, *item) for item in items]
+
+
+def test_greedy_is_whisper_transcribe_alone_and_in_batches_of_8(engine: Engine, oracle: Any) -> None:
+    clips, items, expected = oracle
+    alone = engine.transcribe_batch(items, capacity=1)
+    batched = engine.transcribe_batch(items, capacity=8)
+    for clip, theirs, one, many in zip(clips, expected, alone, batched, strict=True):
+        assert one == theirs, clip.path.name
+        assert many == theirs, clip.path.name
+
+
+def test_batched_attention_gives_the_same_results(oracle: Any) -> None:
+    """CUDA's attention form, forced on the CPU so that it cannot rot on a CPU-only CI."""
+    clips, items, expected = oracle
+    batched = make_engine(batched_attention=True)
+    assert batched.loop.caches.batched
+    for clip, theirs, ours in zip(clips[:8], expected[:8], batched.transcribe_batch(items[:8]), strict=True):
+        assert ours == theirs, clip.path.name
+
+
+@pytest.mark.parametrize("batched_attention", [False, True])
+def test_beam_search_is_whisper_transcribe_in_a_batch(batched_attention: bool) -> None:
+    beam = make_engine(beam_size=5, batched_attention=batched_attention)
+    clips = [c for c in load_manifest() if c.kind == "short"][1::7][:4]
+    items = [(samples_of(c), TranscribeOptions(c.lang, "transcribe")) for c in clips]
+    for clip, item, ours in zip(clips, items, beam.transcribe_batch(items), strict=True):
+        assert ours == whisper_transcribe(beam.model, *item, beam_size=5), clip.path.name
+
+
+def test_a_prompt_is_whisper_initial_prompt(engine: Engine) -> None:
+    clips = {c.path.name: c for c in load_manifest()}
+    options = TranscribeOptions("en", "transcribe", prompt="Ask not. President Kennedy, Americans.")
+    samples = samples_of(clips["en_whisper_jfk.wav"])
+    assert engine.transcribe(samples, options) == whisper_transcribe(engine.model, samples, options)
+
+
+class Listed:
+    def __init__(self, waiting: list[ListedRequest]) -> None:
+        self.waiting = waiting
+
+    def next(self, block: bool) -> ListedRequest | None:
+        return self.waiting.pop(0) if self.waiting else None
+
+
+def windows_of(engine: Engine, items: list[tuple[np.ndarray, TranscribeOptions]]) -> list[RequestWindows]:
+    """The loop's own record of each request (its windows' decisions), not the engine's answer."""
+    loop = DecodingLoop(engine.model, None, torch.float32, False, engine._prepare,
+                        lambda work, windows: windows)
+    requests = [ListedRequest(samples, options) for samples, options in items]
+    loop.serve(Listed(list(requests)), len(requests), lambda size: None)
+    assert all(isinstance(r.result, RequestWindows) for r in requests), [r.result for r in requests]
+    return [r.result for r in requests]  # type: ignore[misc]
+
+
+def test_fallback_and_no_speech_are_decided_as_whisper_decides(engine: Engine) -> None:
+    """Reversed speech fails whisper's checks at temperature 0 and is sampled again, beside others'
+    greedy searches; a window of silence between two speeches is skipped, as transcribe() skips it."""
+    clips = {c.path.name: c for c in load_manifest()}
+    jfk = samples_of(clips["en_whisper_jfk.wav"])
+    reversed_speech = samples_of(clips["en_fasterwhisper_stereo_left.wav"])[::-1].copy()
+    silence_between = np.concatenate([jfk, np.zeros(16_000 * 70, dtype=np.float32), jfk])
+    en = TranscribeOptions("en", "transcribe")
+    items = [(jfk, en), (reversed_speech, en), (silence_between, en)]
+    recorded = windows_of(engine, items)
+
+    theirs = whisper_raw(engine.model, reversed_speech, en)
+    assert recorded[1].decisions[0][1] > 0 and theirs["segments"][0]["temperature"] > 0
+    assert recorded[0].decisions == [(0, 0.0, False)]
+
+    skipped = [seek for seek, _, silent in recorded[2].decisions if silent]
+    assert skipped == [3000]  # the window from 30 s to 60 s holds nothing but silence
+    theirs = whisper_raw(engine.model, silence_between, en)
+    assert all(segment["seek"] != 3000 for segment in theirs["segments"])  # whisper skipped it too
+    assert engine.transcribe(silence_between, en) == formatted(theirs, silence_between)
+
+
+class OutOfMemoryInjector:
+    """Fault double: a decoder pass over more than one window, or over a window whose cache holds more
+    than ``too_long`` tokens, fails as CUDA does when it runs out of memory."""
+
+    def __init__(self, too_long: int) -> None:
+        self.too_long = too_long
+        self.real = forward.step
+        self.passes: list[int] = []
+
+    def __call__(self, caches: forward.Caches, feeds: Sequence[forward.Feed]) -> torch.Tensor:
+        if len(feeds) > 1 or any(caches.lengths[feed.slot] > self.too_long for feed in feeds):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected fault)")
+        self.passes.append(len(feeds))
+        return self.real(caches, feeds)
+
+
+def test_out_of_memory_runs_the_pass_in_halves_and_fails_only_the_window_too_big(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    clips = [c for c in load_manifest() if c.kind == "short" and c.lang == "en" and c.duration < 12][:3]
+    items = [(samples_of(c), TranscribeOptions("en", "transcribe")) for c in clips]
+    alone = [engine.transcribe(*item) for item in items]
+    long_prompt = TranscribeOptions("en", "transcribe", prompt=" ".join(["Kennedy"] * 150))
+    injector = OutOfMemoryInjector(too_long=140)  # the prompt alone is over 150 tokens
+    monkeypatch.setattr(forward, "step", injector)
+    results = engine.transcribe_batch([*items, (items[0][0], long_prompt)])
+    assert results[:3] == alone
+    assert isinstance(results[3], torch.OutOfMemoryError)
+    assert injector.passes and set(injector.passes) == {1}  # every pass of several ran in halves, to one
+    monkeypatch.undo()
+    assert engine.transcribe(*items[0]) == alone[0]  # and the loop goes on serving
+
+
+def test_only_the_worker_thread_runs_the_model_while_16_requests_run(engine: Engine) -> None:
+    clips = [c for c in load_manifest() if c.kind == "short"][:16]
+    items = [(samples_of(c), TranscribeOptions(c.lang, "transcribe")) for c in clips]
+    threads_running_torch: set[str] = set()
+    threads_before = {t.ident for t in threading.enumerate()}
+    threads_during: set[int | None] = set()
+
+    def record(module: torch.nn.Module, args: Any) -> None:
+        threads_running_torch.add(threading.current_thread().name)
+        threads_during.update(t.ident for t in threading.enumerate())
+
+    results: list[Transcription | Exception] = []
+    worker = threading.Thread(target=lambda: results.extend(engine.transcribe_batch(items, capacity=16)),
+                              name="asr-worker")
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        worker.start()
+        worker.join(600)
+    finally:
+        hook.remove()
+    assert len(results) == 16 and all(isinstance(r, Transcription) and r.text for r in results)
+    assert threads_running_torch == {"asr-worker"}
+    assert threads_during - threads_before == {worker.ident}  # the loop starts no thread of its own
+
+
+def test_concurrent_requests_are_batched_by_the_server(server: ServerProcess) -> None:
+    def decoder_passes() -> tuple[float, float]:
+        """(requests summed over all decoder passes, passes) so far."""
+        text = server.http_get("/metrics", server.metrics_port)[1]
+        found = dict(re.findall(r"^asr_batch_size_(sum|count) (\S+)$", text, re.M))
+        return float(found["sum"]), float(found["count"])
+
+    requests_before, before = decoder_passes()
+    jfk = (EVAL_DIR / "en" / "en_whisper_jfk.wav").read_bytes()
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda _: exchange(server.url, request("en"), jfk).reply, range(6)))
+    assert all("what you can do for your country" in r["text"].lower() for r in replies), replies
+    requests_after, after = decoder_passes()
+    assert after - before >= 20  # one observation per decoder pass: JFK's 11 s take dozens
+    assert (requests_after - requests_before) / (after - before) > 3  # most passes carried them all
