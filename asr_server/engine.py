@@ -213,13 +213,15 @@ class Engine:
             start, end = float(seg["start"]), min(float(seg["end"]), duration)
             if not text or (regions is not None and not overlaps_speech(start, end, regions)):
                 continue
+            start, end = round(start, 3), round(max(start, end), 3)
             words = None
             if windows.options.word_timestamps:
-                words = tuple(Word(w["word"], round(min(float(w["start"]), duration), 3),
-                                   round(min(float(w["end"]), duration), 3),
+                # whisper may let a first or last word reach past its segment; the segment's
+                # times are kept and its words held inside them.
+                words = tuple(Word(w["word"], min(max(round(float(w["start"]), 3), start), end),
+                                   min(max(round(float(w["end"]), 3), start), end),
                                    round(float(w["probability"]), 3)) for w in seg.get("words", []))
-            segments.append(Segment(text=text, start=round(start, 3), end=round(max(start, end), 3),
-                                    words=words))
+            segments.append(Segment(text=text, start=start, end=end, words=words))
         segments = join_sentences(segments)
         language = windows.language or ""
         return Transcription(
