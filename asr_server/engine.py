@@ -30,7 +30,8 @@ from whisper.tokenizer import TO_LANGUAGE_CODE
 
 from asr_server.decoding_loop import DecodingLoop, Source, mel_of
 from asr_server.protocol import Segment, TranscribeOptions, Transcription, Word
-from asr_server.vad import SpeechDetector, overlaps_speech
+from asr_server.scheduler import NOT_CHECKED
+from asr_server.vad import SpeechDetector, SpeechRegion, overlaps_speech
 from asr_server.windows import RequestWindows
 
 log = logging.getLogger(__name__)
@@ -192,10 +193,16 @@ class Engine:
         self.loop.serve(_ListSource(requests), capacity or len(requests), lambda size: None)
         return [r.result if r.result is not None else RuntimeError("no result") for r in requests]
 
+    def speech_regions(self, samples: np.ndarray) -> list[SpeechRegion] | None:
+        """The VAD's regions (None: no VAD); onnxruntime, no torch: the scheduler calls it off the worker."""
+        return self.vad.speech_regions(samples) if self.vad else None
+
     def _prepare(self, work: Any) -> RequestWindows | Transcription:
         samples: np.ndarray = work.samples
         options: TranscribeOptions = work.options
-        regions = self.vad.speech_regions(samples) if self.vad and getattr(work, "use_vad", True) else None
+        regions: Any = getattr(work, "speech", NOT_CHECKED)
+        if regions is NOT_CHECKED:
+            regions = self.speech_regions(samples) if getattr(work, "use_vad", True) else None
         if regions is not None and not regions:
             log.debug("VAD found no speech in %.1f s: the model is not run", len(samples) / 16_000)
             return Transcription(text="", segments=(), language=options.language or "")

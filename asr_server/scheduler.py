@@ -11,6 +11,10 @@ audio, and never reaches the model; one already running is dropped by the
 loop at its next iteration. One that waited past ``deadline_s`` is answered
 ``overloaded`` rather than run late. If the worker dies, every request it
 held or that waits hears so instead of waiting forever.
+
+An engine with a speech gate (``GatedTranscriber``: the VAD, onnxruntime, no
+torch) has it run here, in a thread of its own, before the request is queued:
+a 30-minute upload's VAD then holds up no one else's decoding.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,6 +40,16 @@ class Transcriber(Protocol):
         ...
 
 
+@runtime_checkable
+class GatedTranscriber(Transcriber, Protocol):
+    def speech_regions(self, samples: np.ndarray) -> Any:
+        """Where the speech is (any thread may call it), handed to the engine with the request."""
+        ...
+
+
+NOT_CHECKED = object()  # a job whose speech gate has not run (the engine runs it, then)
+
+
 @dataclass(eq=False)
 class _Job:
     samples: np.ndarray
@@ -42,6 +57,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Transcription]
     enqueued: float = field(default_factory=time.monotonic)
+    speech: Any = NOT_CHECKED
 
     @property
     def abandoned(self) -> bool:
@@ -85,6 +101,8 @@ class Scheduler:
         self.load_error: BaseException | None = None
         self.engine: Transcriber | None = None
         self._thread = threading.Thread(target=self._run, name="asr-worker", daemon=True)
+        # One thread: the gate is cheap beside decoding, and must not take every core from it.
+        self._gate = ThreadPoolExecutor(1, thread_name_prefix="asr-vad")
 
     def start(self) -> None:
         self._thread.start()
@@ -114,6 +132,10 @@ class Scheduler:
             raise InternalError("the inference worker is not running")
         loop = asyncio.get_running_loop()
         job = _Job(samples, options, loop, loop.create_future())
+        if isinstance(self.engine, GatedTranscriber):
+            self._refuse_if_full()  # before the gate's work, not only after it
+            job.speech = await loop.run_in_executor(self._gate, self.engine.speech_regions, samples)
+            job.enqueued = time.monotonic()
         with self._changed:
             if self._stopping:
                 raise InternalError("the inference worker is not running")
@@ -129,6 +151,10 @@ class Scheduler:
                     self._waiting.remove(job)
             raise
 
+    def _refuse_if_full(self) -> None:
+        if len(self._waiting) >= self._max_queue:
+            raise Overloaded(f"{self._max_queue} requests are already waiting; try again shortly")
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Let queued work finish, then end the worker."""
         with self._changed:
@@ -136,6 +162,7 @@ class Scheduler:
             self._changed.notify()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        self._gate.shutdown(wait=False)
 
     def _run(self) -> None:
         try:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, in one run of under 8 minutes: the requires_cuda tests (the
-# engine in float16 on the GPU, batched beam search there), then the decoder benchmark on
-# large-v3- and turbo-shaped random weights with a fixed 32-token decode, batch 1 and 32,
-# openai-whisper's decoder beside ours. Results go to $OUT (or ./gpu-results).
+# The checks that need a CUDA GPU, in one run of under 8 minutes: the requires_cuda tests
+# (tests/test_cuda.py: the decoding loop in float16 with batched attention, both attention
+# forms against each other, a real out-of-memory error in a pass), then the decoder benchmark
+# on large-v3- and turbo-shaped random weights with a fixed 32-token decode, batch 1 and 32,
+# openai-whisper's decoder beside the loop's passes. Results go to $OUT (or ./gpu-results).
 #
 # On the lent machine (its python3 has CUDA torch; the project's other wheels travel in .whl):
 #   bash scripts/gpu_check.sh

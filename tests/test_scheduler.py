@@ -267,6 +267,39 @@ def test_a_dying_worker_answers_the_request_it_held_and_those_waiting() -> None:
     asyncio.run(scenario())
 
 
+class SpeechGatedStandInEngine(GatedStandInEngine):
+    """Stand-in with a speech gate: records the thread it runs on and what the worker is handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_threads: list[str] = []
+        self.handed: list[Any] = []
+        self.gate.set()
+
+    def speech_regions(self, samples: np.ndarray) -> list[float]:
+        self.gate_threads.append(threading.current_thread().name)
+        return [float(samples[0])]
+
+    def serve(self, source: Any, capacity: int, observe_pass: Callable[[int], None]) -> None:
+        while (job := source.next(block=True)) is not None:
+            self.handed.append(job.speech)
+            job.settle(Transcription(text="", segments=(), language="en"), None)
+
+
+def test_the_speech_gate_runs_off_the_worker_before_the_queue() -> None:
+    async def scenario() -> None:
+        engine = SpeechGatedStandInEngine()
+        scheduler = Scheduler(lambda: engine, max_queue=4)
+        scheduler.start()
+        await scheduler.wait_ready()
+        await asyncio.gather(*(scheduler.submit(audio(m), OPTIONS) for m in (1, 2)))
+        assert sorted(engine.handed) == [[1.0], [2.0]]
+        assert set(engine.gate_threads) == {"asr-vad_0"}  # its own thread: not the worker, not the loop
+        scheduler.stop()
+
+    asyncio.run(scenario())
+
+
 class ContinuousStandInEngine(GatedStandInEngine):
     """Stand-in for an engine that batches continuously: it holds each request it takes until
     the test releases that request's marker, and takes another whenever one of its places is free."""
