@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -154,7 +153,6 @@ class Engine:
         self.loop = DecodingLoop(self.model, settings.beam_size if settings.beam_size > 1 else None,
                                  self.dtype, self.device.type == "cuda" if batched is None else batched,
                                  self._prepare, self._finish)
-        self.worker_thread: threading.Thread | None = None
         self.load_seconds = time.monotonic() - started
         log.info("model %s loaded on %s (%s) in %.1f s", settings.model_path.name, self.device,
                  self.dtype_name, self.load_seconds)
@@ -172,7 +170,6 @@ class Engine:
 
     def serve(self, source: Source, capacity: int, observe_pass: Callable[[int], None]) -> None:
         """The worker's life: every request from ``source``, up to ``capacity`` at once (decoding_loop.py)."""
-        self.worker_thread = threading.current_thread()
         self.loop.serve(source, capacity, observe_pass)
 
     def transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> Transcription:
