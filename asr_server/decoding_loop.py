@@ -153,11 +153,15 @@ class DecodingLoop:
     def _open_windows(self, starting: list[_Running], running: list[_Running]) -> None:
         ready = []
         for r in starting:
-            mel = r.windows.next_window()
+            try:
+                mel = r.windows.next_window()
+                if mel is not None:
+                    ready.append((r, mel.to(self.device, self.dtype)))
+            except Exception as exc:  # this request's audio: it alone fails
+                self._fail(r, running, exc)
+                continue
             if mel is None:
                 self._answer(r, running)
-            else:
-                ready.append((r, mel.to(self.device, self.dtype)))
         if not ready:
             return
         if self.device.type == "cpu":  # compute-bound at one window: stacking only adds memory
