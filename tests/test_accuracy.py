@@ -40,8 +40,8 @@ def scores(server: ServerProcess) -> dict[str, tuple[float, float]]:
     served = {c.path: transcribe(server.url, c.path.read_bytes(), language=c.lang, api_key=KEY)["text"]
               for c in clips}
     model = load_reference_model(Config().model_path)
-    reference = {c.path: reference_transcribe(model, decode_wav(c.path.read_bytes(), 1e9).samples, c.lang, 1)
-                 for c in clips}
+    reference = {c.path: reference_transcribe(model, decode_wav(c.path.read_bytes(), 1e9).samples, c.lang, 1,
+                                              key=c.path) for c in clips}
     by_lang = defaultdict(list)
     for clip in clips:
         by_lang[clip.lang].append(clip)

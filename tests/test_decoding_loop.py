@@ -26,8 +26,9 @@ from asr_server.config import Config
 from asr_server.decoding_loop import DecodingLoop
 from asr_server.engine import Engine, EngineSettings, ListedRequest, join_sentences
 from asr_server.protocol import Segment, TranscribeOptions, Transcription
-from asr_server.windows import BEST_OF, TEMPERATURES, RequestWindows
-from tests.harness import EVAL_DIR, Clip, ServerProcess, load_manifest
+from asr_server.windows import RequestWindows
+from tests.harness import EVAL_DIR, Clip, ServerProcess, load_manifest, reference_result
+from tests.test_accuracy import SUBSET as ACCURACY_SUBSET
 
 from .conftest import exchange, request
 
@@ -47,20 +48,16 @@ def samples_of(clip: Clip) -> np.ndarray:
 
 
 def whisper_raw(model: whisper.model.Whisper, samples: np.ndarray, options: TranscribeOptions,
-                beam_size: int | None = None) -> dict[str, Any]:
-    """The oracle: whisper's transcribe() with the server's decoding settings."""
-    with torch.inference_mode():
-        result: dict[str, Any] = whisper.transcribe(
-            model, torch.from_numpy(samples), temperature=TEMPERATURES, language=options.language,
-            task=options.task, beam_size=beam_size, best_of=BEST_OF, fp16=False,
-            condition_on_previous_text=True, initial_prompt=options.prompt)
-    return result
+                beam_size: int | None = None, key: Any = None) -> dict[str, Any]:
+    """The oracle: whisper's transcribe() with the server's decoding settings (tests/harness.py)."""
+    return reference_result(model, samples, options.language, beam_size or 1, options.task, options.prompt,
+                            key)
 
 
 def whisper_transcribe(model: whisper.model.Whisper, samples: np.ndarray, options: TranscribeOptions,
-                       beam_size: int | None = None) -> Transcription:
+                       beam_size: int | None = None, key: Any = None) -> Transcription:
     """The oracle's result, formatted as ours."""
-    return formatted(whisper_raw(model, samples, options, beam_size), samples)
+    return formatted(whisper_raw(model, samples, options, beam_size, key), samples)
 
 
 def formatted(result: dict[str, Any], samples: np.ndarray) -> Transcription:
@@ -73,9 +70,13 @@ def formatted(result: dict[str, Any], samples: np.ndarray) -> Transcription:
 
 
 def oracle_items() -> tuple[list[Clip], list[tuple[np.ndarray, TranscribeOptions]]]:
-    """24 short clips in four languages; every fourth one (not Bulgarian) with its language detected."""
-    clips = [c for c in load_manifest() if c.kind == "short"][::2][:24]
-    options = [TranscribeOptions(None if i % 4 == 3 and c.lang != "bg" else c.lang, "transcribe")
+    """24 short clips in four languages: test_accuracy's 12, whose references are then shared, and 12
+    more, every other one of them (not Bulgarian) with its language detected."""
+    subset = {name for names in ACCURACY_SUBSET.values() for name in names}
+    short = [c for c in load_manifest() if c.kind == "short"]
+    more = [c for c in short[::2] if c.path.name not in subset][:12]
+    clips = [c for c in short if c.path.name in subset] + more
+    options = [TranscribeOptions(None if i >= 12 and i % 2 and c.lang != "bg" else c.lang, "transcribe")
                for i, c in enumerate(clips)]
     return clips, [(samples_of(c), o) for c, o in zip(clips, options, strict=True)]
 
@@ -85,7 +86,8 @@ def oracle(engine: Engine) -> Iterator[tuple[list[Clip], list[tuple[np.ndarray, 
                                              list[Transcription]]]:
     clips, items = oracle_items()
     assert len(clips) == 24 and len({c.lang for c in clips}) >= 3
-    yield clips, items, [whisper_transcribe(engine.model, *item) for item in items]
+    yield clips, items, [whisper_transcribe(engine.model, *item, key=clip.path)
+                         for clip, item in zip(clips, items, strict=True)]
 
 
 def test_greedy_is_whisper_transcribe_alone_and_in_batches_of_8(engine: Engine, oracle: Any) -> None:
@@ -112,7 +114,7 @@ def test_beam_search_is_whisper_transcribe_in_a_batch(batched_attention: bool) -
     clips = [c for c in load_manifest() if c.kind == "short"][1::7][:4]
     items = [(samples_of(c), TranscribeOptions(c.lang, "transcribe")) for c in clips]
     for clip, item, ours in zip(clips, items, beam.transcribe_batch(items), strict=True):
-        assert ours == whisper_transcribe(beam.model, *item, beam_size=5), clip.path.name
+        assert ours == whisper_transcribe(beam.model, *item, beam_size=5, key=clip.path), clip.path.name
 
 
 def test_a_prompt_is_whisper_initial_prompt(engine: Engine) -> None:
@@ -146,7 +148,7 @@ def test_fallback_and_no_speech_are_decided_as_whisper_decides(engine: Engine) -
     clips = {c.path.name: c for c in load_manifest()}
     jfk = samples_of(clips["en_whisper_jfk.wav"])
     reversed_speech = samples_of(clips["en_fasterwhisper_stereo_left.wav"])[::-1].copy()
-    silence_between = np.concatenate([jfk, np.zeros(16_000 * 70, dtype=np.float32), jfk])
+    silence_between = np.concatenate([jfk, np.zeros(16_000 * 50, dtype=np.float32), jfk])
     en = TranscribeOptions("en", "transcribe")
     items = [(jfk, en), (reversed_speech, en), (silence_between, en)]
     recorded = windows_of(engine, items)
@@ -156,9 +158,9 @@ def test_fallback_and_no_speech_are_decided_as_whisper_decides(engine: Engine) -
     assert recorded[0].decisions == [(0, 0.0, False)]
 
     skipped = [seek for seek, _, silent in recorded[2].decisions if silent]
-    assert skipped == [3000]  # the window from 30 s to 60 s holds nothing but silence
+    assert len(skipped) == 1  # a window of nothing but silence, between 11 s and 61 s
     theirs = whisper_raw(engine.model, silence_between, en)
-    assert all(segment["seek"] != 3000 for segment in theirs["segments"])  # whisper skipped it too
+    assert all(segment["seek"] != skipped[0] for segment in theirs["segments"])  # whisper skipped it too
     ours = engine._finish(ListedRequest(silence_between, en), recorded[2])
     assert ours == formatted(theirs, silence_between)
 
