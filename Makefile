@@ -11,12 +11,13 @@ SYSTEM_PACKAGES := nginx prometheus systemd openssl
 
 ## install: the venv with pinned runtime dependencies (torch first, pinned: an unpinned one pulls CUDA)
 install: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt setup.cfg pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt setup.cfg pyproject.toml client/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps -r requirements-nodeps.txt
 	$(PIP) install -q --no-deps -e .
+	$(PIP) install -q --no-deps -e client
 	touch $@
 
 ## dev: test, lint and reference-engine dependencies
