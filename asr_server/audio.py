@@ -1,19 +1,31 @@
-"""WAV bytes in, 16 kHz mono float32 out; everything else is ``invalid_audio`` with a reason.
+"""Audio bytes in, 16 kHz mono float32 out; anything unreadable is ``invalid_audio`` with a reason.
 
-soundfile (libsndfile) parses the container, soxr resamples (HQ), numpy
-downmixes by mean. Length is checked from the header before any sample is
-decoded, so an over-long file costs no decoding. The samples are decoded,
-downmixed and resampled a block at a time (soxr's stream gives the same
-samples as its one-shot call), so a 30-minute Float32 48 kHz file costs its
-bytes and its 16 kHz result, not its samples three more times. Blocking:
-call it off the event loop.
+``decode_wav`` is the WebSocket contract's: RIFF/WAVE only, read by soundfile
+(libsndfile). ``decode_audio`` is the HTTP API's: WAV as above, and FLAC, Ogg
+(Vorbis, Opus), MP3, m4a/mp4 and WebM/Matroska through PyAV (FFmpeg's
+decoders in its wheel: one decoder for every compressed format, and the most
+fuzzed one; libsndfile's Vorbis writer crashed on ten minutes of silence
+here). The container is chosen from the file's magic bytes and FFmpeg's
+demuxer is forced to it, so FFmpeg never probes its way into a playlist or
+another format that opens further files or URLs.
+
+soxr resamples (HQ), numpy downmixes by mean. A WAV's length is checked
+from its header before any sample is decoded; every format's length is also
+counted while it decodes, and decoding stops at ``max_seconds`` (a
+decompression bomb that declares one length and holds another costs at most
+that). The samples are decoded, downmixed and resampled a block at a time
+(soxr's stream gives the same samples as its one-shot call), so a 30-minute
+48 kHz file costs its bytes and its 16 kHz result. Blocking: call it off the
+event loop.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import av
 import numpy as np
 import soundfile as sf
 import soxr
@@ -46,6 +58,10 @@ class DecodedAudio:
 BLOCK_FRAMES = 1 << 18  # per block: 5.5 s at 48 kHz; at most 32 MiB at 32 channels
 
 
+# The compressed containers, each with the FFmpeg demuxer that is forced on it.
+_DEMUXERS = {"FLAC": "flac", "Ogg": "ogg", "MP3": "mp3", "MP4": "mov", "WebM/Matroska": "matroska"}
+
+
 def decode_wav(data: bytes, max_seconds: float) -> DecodedAudio:
     """Decode a RIFF/WAVE file to 16 kHz mono float32, or raise ``InvalidAudio``/``AudioTooLong``."""
     _check_container(data)
@@ -53,12 +69,9 @@ def decode_wav(data: bytes, max_seconds: float) -> DecodedAudio:
         with sf.SoundFile(io.BytesIO(data)) as wav:
             _check_format(wav)
             rate, channels, frames = wav.samplerate, wav.channels, wav.frames
-            duration = frames / rate
-            if duration > max_seconds:
-                raise AudioTooLong(
-                    f"audio is {duration:.1f} s long; this server accepts at most {max_seconds:g} s"
-                )
-            mono, n_frames = _decode_blocks(wav, rate, channels)
+            if frames / rate > max_seconds:  # from the header: nothing decoded
+                raise _too_long(frames / rate, max_seconds)
+            mono, n_frames = _decode_blocks(_read_blocks(wav), rate, channels, max_seconds, "WAV")
     except sf.LibsndfileError as exc:
         raise InvalidAudio(f"not a readable WAV file: {exc.error_string}") from None
     except (RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as exc:
@@ -68,25 +81,97 @@ def decode_wav(data: bytes, max_seconds: float) -> DecodedAudio:
     return DecodedAudio(samples=mono, duration_s=n_frames / rate, source_rate=rate, channels=channels)
 
 
-def _decode_blocks(wav: sf.SoundFile, rate: int, channels: int) -> tuple[np.ndarray, int]:
-    """The whole file as 16 kHz mono float32, clipped to full scale, and the source frames read."""
+def decode_audio(data: bytes, max_seconds: float) -> DecodedAudio:
+    """Decode WAV, FLAC, Ogg, MP3, m4a/mp4 or WebM to 16 kHz mono float32 (see the module docstring)."""
+    container = _container_of(data)
+    if container == "WAV":
+        return decode_wav(data, max_seconds)
+    if container in _DEMUXERS:
+        return _decode_pyav(data, max_seconds, _DEMUXERS[container])
+    raise InvalidAudio("unrecognised audio: send WAV, FLAC, Ogg (Vorbis or Opus), MP3, M4A/MP4 or WebM")
+
+
+def _container_of(data: bytes) -> str | None:
+    if len(data) >= 12 and data[:4] in (b"RIFF", b"RF64") and data[8:12] == b"WAVE":
+        return "WAV"
+    if len(data) >= 12 and data[4:8] == b"ftyp":
+        return "MP4"
+    return next((name for magic, name in _OTHER_CONTAINERS if data.startswith(magic)), None)
+
+
+def _too_long(duration: float, max_seconds: float) -> AudioTooLong:
+    return AudioTooLong(f"audio is {duration:.1f} s long; this server accepts at most {max_seconds:g} s")
+
+
+def _decode_pyav(data: bytes, max_seconds: float, demuxer: str) -> DecodedAudio:
+    try:
+        with av.open(io.BytesIO(data), format=demuxer, mode="r") as container:
+            if not container.streams.audio:
+                raise InvalidAudio("the file holds no audio stream")
+            stream = container.streams.audio[0]
+            rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
+            if not MIN_RATE <= rate <= MAX_RATE or not 1 <= channels <= MAX_CHANNELS:
+                raise InvalidAudio(f"{channels} channels at {rate} Hz; at most {MAX_CHANNELS} channels "
+                                   f"at {MIN_RATE}..{MAX_RATE} Hz are accepted")
+            # Whatever the codec's sample format, packed float32 at the stream's rate and layout.
+            resampler = av.AudioResampler(format="flt", layout=stream.codec_context.layout, rate=rate)
+            frames = (converted.to_ndarray().reshape(-1, channels)
+                      for frame in container.decode(stream) for converted in resampler.resample(frame))
+            mono, n_frames = _decode_blocks(_grouped(frames), rate, channels, max_seconds, demuxer)
+    except av.FFmpegError as exc:
+        raise InvalidAudio(f"not a readable {demuxer} file: {exc.strerror or type(exc).__name__}") from None
+    except (RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as exc:
+        raise InvalidAudio(f"not a readable {demuxer} file: {type(exc).__name__}") from None
+    if n_frames == 0:
+        raise InvalidAudio("the file holds no audio samples")
+    return DecodedAudio(samples=mono, duration_s=n_frames / rate, source_rate=rate, channels=channels)
+
+
+def _read_blocks(source: sf.SoundFile) -> Iterator[np.ndarray]:
+    while True:
+        yield source.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+
+
+def _grouped(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """Codec frames (about a thousand samples each) gathered into blocks of ``BLOCK_FRAMES``."""
+    held: list[np.ndarray] = []
+    count = 0
+    for frame in frames:
+        held.append(frame)
+        count += frame.shape[0]
+        if count >= BLOCK_FRAMES:
+            yield np.concatenate(held)
+            held, count = [], 0
+    # A short block ends the stream, as soundfile's short read does.
+    yield np.concatenate(held) if held else np.zeros((0, 1), dtype=np.float32)
+
+
+def _decode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, max_seconds: float,
+                   container: str) -> tuple[np.ndarray, int]:
+    """The whole file as 16 kHz mono float32, clipped to full scale, and the source frames read.
+
+    ``blocks`` are (frames, channels) float32; one shorter than ``BLOCK_FRAMES`` is the last.
+    """
     stream = soxr.ResampleStream(rate, TARGET_RATE, 1, dtype="float32", quality="HQ") \
         if rate != TARGET_RATE else None
     parts: list[np.ndarray] = []
     n_frames = 0
+    max_frames = max_seconds * rate
     while True:
-        block = wav.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        block = next(blocks)
         last = block.shape[0] < BLOCK_FRAMES
         n_frames += block.shape[0]
+        if n_frames > max_frames:  # counted as it decodes, whatever the header said
+            raise _too_long(n_frames / rate, max_seconds)
         if not np.all(np.isfinite(block)):
-            raise InvalidAudio("the WAV file holds NaN or infinite samples")
+            raise InvalidAudio(f"the {container} file holds NaN or infinite samples")
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, once
             mono = block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0]
         if stream is not None:
             mono = stream.resample_chunk(mono, last=last)
         # Finite float samples near float32's limit overflow the downmix or the resampler.
         if not np.all(np.isfinite(mono)):
-            raise InvalidAudio("the WAV file holds float samples too large to downmix or resample")
+            raise InvalidAudio(f"the {container} file holds float samples too large to downmix or resample")
         # Float WAVs may hold any finite value; a DAC clips at full scale, and so does this.
         parts.append(np.clip(mono, -1.0, 1.0))
         if last:
