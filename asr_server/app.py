@@ -21,6 +21,7 @@ from websockets.frames import CloseCode
 
 from asr_server.config import Config
 from asr_server.engine import Engine, EngineSettings
+from asr_server.http_api import HttpApi
 from asr_server.memory import give_back
 from asr_server.metrics import Metrics
 from asr_server.postprocess import PostProcessor
@@ -118,7 +119,10 @@ async def run(config: Config) -> int:
     port = ws_server.sockets[0].getsockname()[1]
     sidecar = Sidecar(server.health, metrics.registry)
     metrics_port = await sidecar.start(config.metrics_host, config.metrics_port)
+    http_api = HttpApi(server, config.model)
+    http_port = await http_api.start(config.host, config.http_port)
     log.info("listening on ws://%s:%d/ws/transcribe (model loading)", config.host, port)
+    log.info("OpenAI-compatible API on http://%s:%d/v1/audio/transcriptions", config.host, http_port)
     log.info("metrics on http://%s:%d/metrics", config.metrics_host, metrics_port)
     if not config.api_keys:
         log.warning("no SERVER_API_KEY: anyone who can reach this port may use it")
@@ -135,6 +139,7 @@ async def run(config: Config) -> int:
         log.error("model failed to load: %s", ready.exception())
         ws_server.close()
         await ws_server.wait_closed()
+        await http_api.stop()
         await sidecar.stop()
         return EXIT_LOAD_FAILED
     if ready.done():
@@ -162,6 +167,8 @@ async def run(config: Config) -> int:
     log.info("draining: %d connections, grace %g s", len(ws_server.connections),
              config.shutdown_grace_s)
     ws_server.close(close_connections=False)
+    # aiohttp's cleanup stops listening and gives requests in flight the same grace.
+    http_stopped = asyncio.ensure_future(http_api.stop())
     try:
         await asyncio.wait_for(asyncio.shield(ws_server.wait_closed()), config.shutdown_grace_s)
     except TimeoutError:
@@ -171,6 +178,7 @@ async def run(config: Config) -> int:
         cut = [connection.close(CloseCode.GOING_AWAY) for connection in ws_server.connections]
         await asyncio.gather(*cut)
         await ws_server.wait_closed()
+    await http_stopped
     if not ready.done():
         ready.cancel()
     scheduler.stop()

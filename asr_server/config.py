@@ -48,6 +48,7 @@ class Config:
 
     host: str = "0.0.0.0"
     port: int = 8765
+    http_port: int = 8767  # the OpenAI-compatible HTTP API, on HOST like the WebSocket port
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # never printed
     allow_no_auth: bool = False
     model: str = "base"
@@ -114,6 +115,8 @@ class Config:
         config = cls(
             host=reader.get("HOST", str, defaults.host, lambda v: bool(v.strip()), "must not be empty"),
             port=reader.get("PORT", int, defaults.port, lambda v: 0 <= v <= 65535, "must be 0..65535"),
+            http_port=reader.get("HTTP_PORT", int, defaults.http_port, lambda v: 0 <= v <= 65535,
+                                 "must be 0..65535"),
             api_keys=keys,
             allow_no_auth=reader.boolean("ALLOW_NO_AUTH", defaults.allow_no_auth),
             model=reader.get("ASR_MODEL", str, defaults.model, lambda v: bool(v), "must not be empty"),

@@ -60,6 +60,7 @@ class Source(Protocol):
 # What the engine does around the loop: audio to windows (or an answer at once), windows to an answer.
 Prepare = Callable[[Work], "RequestWindows | Any"]
 Finish = Callable[[Work, RequestWindows], Any]
+Progress = Callable[[Work, RequestWindows], None]  # after each window is final (streaming)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -80,12 +81,13 @@ class DecodingLoop:
     """Owns the model's passes for every running request; only the worker thread calls ``serve``."""
 
     def __init__(self, model: Whisper, beam_size: int | None, dtype: torch.dtype, batched_attention: bool,
-                 prepare: Prepare, finish: Finish) -> None:
+                 prepare: Prepare, finish: Finish, progress: Progress = lambda work, windows: None
+                 ) -> None:
         self.model = model
         self.beam_size = beam_size
         self.dtype = dtype
         self.device = model.decoder.token_embedding.weight.device
-        self.prepare, self.finish = prepare, finish
+        self.prepare, self.finish, self.progress = prepare, finish, progress
         self.caches = forward.Caches(model, max(beam_size or 1, BEST_OF), dtype, batched_attention)
         self.rules = Rules(self._tokenizer("en", "transcribe"), model.dims.n_audio_ctx)
         self.language_tokenizer = restricted_language_tokenizer(model)
@@ -241,6 +243,7 @@ class DecodingLoop:
                 self._start_search(r)  # the same audio features, the next temperature
                 return
             r.windows.accept(result, self._add_words)
+            self.progress(r.work, r.windows)
         except Exception as exc:
             self._fail(r, running, exc)
             return

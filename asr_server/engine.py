@@ -152,7 +152,7 @@ class Engine:
         batched = settings.batched_attention
         self.loop = DecodingLoop(self.model, settings.beam_size if settings.beam_size > 1 else None,
                                  self.dtype, self.device.type == "cuda" if batched is None else batched,
-                                 self._prepare, self._finish)
+                                 self._prepare, self._finish, self._progress)
         self.load_seconds = time.monotonic() - started
         log.info("model %s loaded on %s (%s) in %.1f s", settings.model_path.name, self.device,
                  self.dtype_name, self.load_seconds)
@@ -208,11 +208,30 @@ class Engine:
         windows.speech_regions = regions
         return windows
 
+    def _progress(self, work: Any, windows: RequestWindows) -> None:
+        """Hand the segments that just became final to a request that listens (``on_segments``)."""
+        listener = getattr(work, "on_segments", None)
+        if listener is None:
+            return
+        fresh, windows.reported = windows.segments[windows.reported:], len(windows.segments)
+        if kept := self._kept(work, windows, fresh):
+            listener(kept)
+
     def _finish(self, work: Any, windows: RequestWindows) -> Transcription:
+        segments = join_sentences(self._kept(work, windows, windows.segments))
+        language = windows.language or ""
+        return Transcription(
+            text=" ".join(s.text for s in segments),  # every supported language spaces its words
+            segments=tuple(segments),
+            language=TO_LANGUAGE_CODE.get(language, language),
+        )
+
+    def _kept(self, work: Any, windows: RequestWindows, raw: list[dict[str, Any]]) -> list[Segment]:
+        """whisper's segments as the answer has them: stripped, inside the audio and the speech."""
         duration = len(work.samples) / whisper.audio.SAMPLE_RATE
         regions = windows.speech_regions
         segments = []
-        for seg in windows.segments:
+        for seg in raw:
             text = seg["text"].strip()
             start, end = float(seg["start"]), min(float(seg["end"]), duration)
             if not text or (regions is not None and not overlaps_speech(start, end, regions)):
@@ -226,13 +245,7 @@ class Engine:
                                    min(max(round(float(w["end"]), 3), start), end),
                                    round(float(w["probability"]), 3)) for w in seg.get("words", []))
             segments.append(Segment(text=text, start=start, end=end, words=words))
-        segments = join_sentences(segments)
-        language = windows.language or ""
-        return Transcription(
-            text=" ".join(s.text for s in segments),  # every supported language spaces its words
-            segments=tuple(segments),
-            language=TO_LANGUAGE_CODE.get(language, language),
-        )
+        return segments
 
 
 def join_sentences(segments: list[Segment]) -> list[Segment]:

@@ -53,6 +53,7 @@ class TranscribeOptions:
     task: str  # "transcribe" | "translate"
     prompt: str | None = None  # names and terms the speaker uses (whisper's initial prompt)
     word_timestamps: bool = False
+    temperature: float = 0.0  # the first; whisper falls back to hotter ones from here
 
 
 @dataclass(frozen=True)
@@ -164,10 +165,13 @@ class KeyRing:
         return bool(self._keys)
 
     def allows(self, obj: dict[str, Any]) -> bool:
-        """Constant-time check of ``api_key``; every key is compared, match or not."""
+        """Constant-time check of the metadata's ``api_key``; every key is compared, match or not."""
+        return self.allows_key(obj.get("api_key"))
+
+    def allows_key(self, candidate: object) -> bool:
+        """Constant-time check of one key as given (an HTTP bearer token, say)."""
         if not self._keys:
             return True
-        candidate = obj.get("api_key")
         if not isinstance(candidate, str):
             return False
         given = candidate.encode("utf-8", "surrogatepass")

@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from asr_server.errors import InternalError, Overloaded
-from asr_server.protocol import TranscribeOptions, Transcription
+from asr_server.protocol import Segment, TranscribeOptions, Transcription
 
 
 class Transcriber(Protocol):
@@ -58,6 +58,19 @@ class _Job:
     future: asyncio.Future[Transcription]
     enqueued: float = field(default_factory=time.monotonic)
     speech: Any = NOT_CHECKED
+    listener: Callable[[list[Segment]], None] | None = None  # called on the event loop
+
+    @property
+    def on_segments(self) -> Callable[[list[Segment]], None] | None:
+        """What the engine calls (on the worker thread) as segments become final, if anyone listens."""
+        return self._report if self.listener is not None else None
+
+    def _report(self, segments: list[Segment]) -> None:
+        if self.listener is not None and not self.future.done():
+            try:
+                self.loop.call_soon_threadsafe(self.listener, segments)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
 
     @property
     def abandoned(self) -> bool:
@@ -125,13 +138,15 @@ class Scheduler:
     def depth(self) -> int:
         return len(self._waiting)
 
-    async def submit(self, samples: np.ndarray, options: TranscribeOptions) -> Transcription:
+    async def submit(self, samples: np.ndarray, options: TranscribeOptions,
+                     listener: Callable[[list[Segment]], None] | None = None) -> Transcription:
+        """The transcription; ``listener`` (optional) hears each window's final segments first."""
         if not self.ready:
             raise Overloaded("the model is still loading; try again shortly")
         if not self.alive or self._stopping:
             raise InternalError("the inference worker is not running")
         loop = asyncio.get_running_loop()
-        job = _Job(samples, options, loop, loop.create_future())
+        job = _Job(samples, options, loop, loop.create_future(), listener=listener)
         if isinstance(self.engine, GatedTranscriber):
             self._refuse_if_full()  # before the gate's work, not only after it
             job.speech = await loop.run_in_executor(self._gate, self.engine.speech_regions, samples)

@@ -158,7 +158,7 @@ class AsrServer:
         if refusal := self._admit(address):
             record.status = Overloaded.code
             await _fail(ws, Overloaded(refusal))
-            self._record(record)
+            self.record(record)
             return
         self.metrics.inflight.inc()
         self.open_connections += 1
@@ -179,7 +179,7 @@ class AsrServer:
             self.connections.release(address)
             self.open_connections -= 1
             self.metrics.inflight.dec()
-            self._record(record)
+            self.record(record)
 
     def _admit(self, address: str) -> str | None:
         """Count the connection in (open, and not yet authenticated), or say why it is refused."""
@@ -200,7 +200,7 @@ class AsrServer:
             return CUT_BY_SHUTDOWN
         return CLIENT_GONE
 
-    def _record(self, record: RequestRecord) -> None:
+    def record(self, record: RequestRecord) -> None:
         """The one place a request is logged and counted, whatever its outcome; pings are neither."""
         if record.kind == "ping":
             return
@@ -258,16 +258,21 @@ class AsrServer:
 
     async def _reply(self, ws: ServerConnection, request: protocol.TranscribeRequest,
                      transcription: protocol.Transcription, record: RequestRecord) -> None:
-        corrected = protocol.PostprocessOutcome()
-        wants = request.postprocess if request.postprocess is not None else self.config.postprocess_default
-        if wants:
-            # The Whisper worker is already free: the LLM call holds only this connection.
-            language = "en" if request.task == "translate" else transcription.language
-            corrected = await self.postprocessor.correct(transcription.text, language)
-            if corrected.called:
-                record.postprocess_s = corrected.ms / 1000
+        corrected = await self.postprocess(transcription, request.postprocess, request.task, record)
         await ws.send(protocol.result_frame(transcription, corrected))
         await ws.close(CLOSE_NORMAL)
+
+    async def postprocess(self, transcription: protocol.Transcription, wanted: bool | None, task: str,
+                          record: RequestRecord) -> protocol.PostprocessOutcome:
+        """The LLM's correction if the request (or, when it does not say, the server) wants one."""
+        if not (wanted if wanted is not None else self.config.postprocess_default):
+            return protocol.PostprocessOutcome()
+        # The Whisper worker is already free: the LLM call holds only this connection.
+        language = "en" if task == "translate" else transcription.language
+        corrected = await self.postprocessor.correct(transcription.text, language)
+        if corrected.called:
+            record.postprocess_s = corrected.ms / 1000
+        return corrected
 
     async def _transcribe(self, ws: ServerConnection, samples: Any, options: protocol.TranscribeOptions
                           ) -> protocol.Transcription:

@@ -32,6 +32,13 @@ from asr_server.search import SearchSpec, WindowResult, WindowSearch
 # when a window fails the compression-ratio or log-probability checks.
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 BEST_OF = 5
+
+
+def temperature_schedule(first: float) -> tuple[float, ...]:
+    """From the request's temperature (OpenAI's ``temperature``; 0 by default) up whisper's fallbacks."""
+    return (first, *(t for t in TEMPERATURES if t > first))
+
+
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOGPROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
@@ -66,6 +73,8 @@ class RequestWindows:
         self.window: torch.Tensor | None = None  # the current window's mel (n_mels, N_FRAMES)
         self.segment_size = 0
         self.temperature_index = 0
+        self.temperatures = temperature_schedule(options.temperature)
+        self.reported = 0  # segments already handed to the request's listener (streaming)
         self.speech_regions: list[Any] | None = None  # the VAD's, kept for the engine's answer
         self.decisions: list[tuple[int, float, bool]] = []  # per window: seek, temperature, skipped
 
@@ -94,7 +103,7 @@ class RequestWindows:
     def search(self) -> WindowSearch:
         """The search for the current window at the current temperature."""
         assert self.tokenizer is not None
-        temperature = TEMPERATURES[self.temperature_index]
+        temperature = self.temperatures[self.temperature_index]
         spec = (SearchSpec(temperature, beam_size=self.beam_size) if temperature == 0
                 else SearchSpec(temperature, best_of=BEST_OF))
         prompt = self.all_tokens[self.prompt_reset_since:]
@@ -109,7 +118,7 @@ class RequestWindows:
                           or result.avg_logprob < LOGPROB_THRESHOLD)
         if result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOGPROB_THRESHOLD:
             needs_fallback = False  # silence
-        if needs_fallback and self.temperature_index + 1 < len(TEMPERATURES):
+        if needs_fallback and self.temperature_index + 1 < len(self.temperatures):
             self.temperature_index += 1
             return True
         return False

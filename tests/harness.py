@@ -74,6 +74,7 @@ def __getattr__(name: str) -> Path:
         raise AttributeError(name) from None
 _LISTENING = re.compile(r"listening on ws://[^:]+:(\d+)/")
 _METRICS = re.compile(r"metrics on http://[^:]+:(\d+)/")
+_HTTP_API = re.compile(r"OpenAI-compatible API on http://[^:]+:(\d+)/")
 
 
 @dataclass
@@ -86,11 +87,12 @@ class ServerProcess:
     lines: list[str] = field(default_factory=list)
     port: int = 0
     metrics_port: int = 0
+    http_port: int = 0  # the OpenAI-compatible API
     proc: subprocess.Popen[str] | None = None
     command: list[str] | None = None  # default: python -m asr_server
 
     def __enter__(self) -> ServerProcess:
-        env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", "METRICS_PORT": "0",
+        env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", "METRICS_PORT": "0", "HTTP_PORT": "0",
                "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(
             self.command or [sys.executable, "-m", "asr_server"], cwd=REPO, env=env, text=True,
@@ -98,7 +100,7 @@ class ServerProcess:
         )
         threading.Thread(target=self._drain, daemon=True).start()
         deadline = time.monotonic() + self.startup_timeout_s
-        while not (self.port and self.metrics_port):
+        while not (self.port and self.metrics_port and self.http_port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("server did not start:\n" + "\n".join(self.lines[-30:]))
             time.sleep(0.05)
@@ -119,6 +121,8 @@ class ServerProcess:
                 self.port = int(match[1])
             if not self.metrics_port and (match := _METRICS.search(line)):
                 self.metrics_port = int(match[1])
+            if not self.http_port and (match := _HTTP_API.search(line)):
+                self.http_port = int(match[1])
 
     def wait_for_line(self, needle: str, timeout_s: float = 10.0, after: int = 0) -> str:
         """The first log line holding ``needle`` from line ``after`` on, waiting for the log to catch up.

@@ -91,7 +91,9 @@ def ports(first: ServerProcess, second: ServerProcess, listen: int) -> dict[str,
     return {"listen 80;": f"listen {listen};", "127.0.0.1:8765": f"127.0.0.1:{first.port}",
             "127.0.0.1:8775": f"127.0.0.1:{second.port}",
             "127.0.0.1:8766": f"127.0.0.1:{first.metrics_port}",
-            "127.0.0.1:8776": f"127.0.0.1:{second.metrics_port}"}
+            "127.0.0.1:8776": f"127.0.0.1:{second.metrics_port}",
+            "127.0.0.1:8767": f"127.0.0.1:{first.http_port}",
+            "127.0.0.1:8777": f"127.0.0.1:{second.http_port}"}
 
 
 class Prometheus:

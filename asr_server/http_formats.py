@@ -1,0 +1,151 @@
+"""The HTTP API's contract without I/O: the form's fields in, OpenAI's response bodies out.
+
+``parse_form`` judges the multipart text fields as OpenAI's audio API names
+them (``model``, ``language``, ``prompt``, ``response_format``,
+``temperature``, ``timestamp_granularities[]``, ``stream``, and our
+``postprocess``); ``render`` writes json, text, srt, vtt or verbose_json.
+
+What each format carries:
+- ``json`` and ``text``: the best text, the LLM's correction when there is one
+  (as the spec's clients print ``postprocessed_text or text``);
+- ``verbose_json``: whisper's text, the language's name, the duration, the
+  segments (``segment`` granularity, the default) and the words (``word``),
+  plus our ``postprocessed_text``, ``postprocess_ms`` and ``postprocess_error``;
+- ``srt`` and ``vtt``: the segments as subtitles (never post-processed: an
+  LLM's rewrite has no times).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from asr_client.subtitles import srt, vtt
+from whisper.tokenizer import LANGUAGES
+
+from asr_server.errors import BadRequest
+from asr_server.protocol import (
+    MAX_PROMPT_CHARS,
+    PostprocessOutcome,
+    Segment,
+    Transcription,
+    parse_transcribe,
+)
+
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+GRANULARITIES = ("word", "segment")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+class FieldError(BadRequest):
+    """A form field that is wrong; ``param`` names it, as OpenAI's errors do."""
+
+    def __init__(self, detail: str, param: str | None) -> None:
+        super().__init__(detail)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class FormRequest:
+    """A validated transcription or translation form."""
+
+    task: str = "transcribe"
+    model: str = ""
+    language: str | None = None  # None: detect
+    prompt: str | None = None
+    response_format: str = "json"
+    temperature: float = 0.0
+    granularities: frozenset[str] = frozenset({"segment"})
+    stream: bool = False
+    postprocess: bool | None = None  # None: the server's default
+
+
+def _flag(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE or lowered in _FALSE:
+        return lowered in _TRUE
+    raise FieldError(f"{name!r} must be true or false", name)
+
+
+def parse_form(fields: list[tuple[str, str]], task: str) -> FormRequest:
+    """The form's text fields (the file is read apart); unknown fields are ignored, as OpenAI does."""
+    single: dict[str, str] = {}
+    granularities: set[str] = set()
+    for name, value in fields:
+        if name in ("timestamp_granularities[]", "timestamp_granularities"):
+            if value not in GRANULARITIES:
+                raise FieldError("timestamp_granularities[] must be word or segment",
+                                 "timestamp_granularities")
+            granularities.add(value)
+        else:
+            single[name] = value
+    response_format = single.get("response_format", "json").strip() or "json"
+    if response_format not in RESPONSE_FORMATS:
+        raise FieldError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", "response_format")
+    try:
+        temperature = float(single.get("temperature", "0") or 0)
+    except ValueError:
+        raise FieldError("temperature must be a number from 0 to 1", "temperature") from None
+    if not 0.0 <= temperature <= 1.0:  # also NaN
+        raise FieldError("temperature must be a number from 0 to 1", "temperature")
+    if task == "translate" and "language" in single:
+        single.pop("language")  # OpenAI's translations take no language: the source is detected
+    prompt = single.get("prompt")
+    if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+        raise FieldError(f"prompt is longer than {MAX_PROMPT_CHARS} characters", "prompt")
+    # Language and prompt are judged as the WebSocket metadata's are, with the same messages.
+    request = parse_transcribe({"language": single.get("language"), "prompt": prompt, "task": task})
+    stream = _flag("stream", single["stream"]) if "stream" in single else False
+    if stream and response_format not in ("json", "text"):
+        raise FieldError("stream=true sends text events: use response_format json or text", "stream")
+    postprocess = _flag("postprocess", single["postprocess"]) if "postprocess" in single else None
+    return FormRequest(task=task, model=single.get("model", ""), language=request.language,
+                       prompt=request.prompt, response_format=response_format, temperature=temperature,
+                       granularities=frozenset(granularities or {"segment"}), stream=stream,
+                       postprocess=postprocess)
+
+
+def _words(segments: tuple[Segment, ...]) -> list[dict[str, Any]]:
+    return [{"word": w.word.strip(), "start": w.start, "end": w.end}
+            for s in segments for w in (s.words or ())]
+
+
+def verbose_json(form: FormRequest, transcription: Transcription, corrected: PostprocessOutcome,
+                 duration_s: float) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "task": form.task,
+        "language": LANGUAGES.get(transcription.language, transcription.language),
+        "duration": round(duration_s, 3),
+        "text": transcription.text,
+    }
+    if "segment" in form.granularities:
+        body["segments"] = [{"id": i, "start": s.start, "end": s.end, "text": s.text}
+                            for i, s in enumerate(transcription.segments)]
+    if "word" in form.granularities:
+        body["words"] = _words(transcription.segments)
+    body.update({"postprocessed_text": corrected.text, "postprocess_ms": corrected.ms,
+                 "postprocess_error": corrected.error, "usage": _usage(duration_s)})
+    return body
+
+
+def _usage(duration_s: float) -> dict[str, Any]:
+    return {"type": "duration", "seconds": math.ceil(duration_s)}
+
+
+def render(form: FormRequest, transcription: Transcription, corrected: PostprocessOutcome,
+           duration_s: float) -> tuple[str, str]:
+    """The response's content type and body for ``form.response_format``."""
+    best = corrected.text or transcription.text
+    if form.response_format == "text":
+        return "text/plain", best + "\n"
+    if form.response_format == "srt":
+        return "text/plain", srt(transcription.segments)
+    if form.response_format == "vtt":
+        return "text/vtt", vtt(transcription.segments)
+    if form.response_format == "verbose_json":
+        body = verbose_json(form, transcription, corrected, duration_s)
+    else:
+        body = {"text": best, "usage": _usage(duration_s)}
+    return "application/json", json.dumps(body, ensure_ascii=False)
