@@ -80,17 +80,38 @@ class HttpApi:
             web.get("/health", self.health),
         ])
         self.runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
-        # handler_cancellation: a client that hangs up cancels its handler, so its queue place is freed.
+        """Listen; the port bound (when asked for port 0)."""
+        # handler_cancellation: a client that hangs up cancels its handler, so its queue place is
+        # freed. keepalive_timeout also closes a connection that never sends a whole request
+        # (aiohttp arms it when the connection opens): the WebSocket metadata's timeout.
         self.runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True,
-                                    shutdown_timeout=self.config.shutdown_grace_s)
+                                    shutdown_timeout=self.config.shutdown_grace_s,
+                                    keepalive_timeout=max(1.0, self.config.metadata_timeout_s))
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port)
-        await site.start()
-        return int(self.runner.addresses[0][1])  # the port bound, when asked for port 0
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(self._connection, host, port)
+        return int(self._listener.sockets[0].getsockname()[1])
+
+    def _connection(self) -> asyncio.BaseProtocol:
+        """aiohttp's handler for a new connection, or a refusal once MAX_PENDING_CONNECTIONS are open.
+
+        Each open connection may hold up to its headers (aiohttp's bounds) before its key is
+        checked, so their number is capped as the WebSocket port's unauthenticated ones are.
+        aiohttp counts a connection once it is made, a loop turn after this call, so a burst
+        accepted in one turn may pass the cap by that burst (asyncio's accept backlog, 100).
+        """
+        assert self.runner is not None and self.runner.server is not None
+        if len(self.runner.server.connections) >= self.config.effective_max_pending_connections:
+            return _Refusal()
+        return self.runner.server()
 
     async def stop(self) -> None:
+        """Stop listening; requests in flight get the shutdown grace (aiohttp's cleanup)."""
+        if self._listener is not None:
+            self._listener.close()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -277,6 +298,21 @@ class HttpApi:
                                                "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         await response.prepare(request)
         return response
+
+
+class _Refusal(asyncio.Protocol):
+    """A connection over the cap: told so (OpenAI's error shape, 503) and closed unread."""
+
+    BODY = json.dumps({"error": {"message": "the server holds its limit of open connections; try again "
+                                            "shortly", "type": "server_error", "param": None,
+                                 "code": "overloaded"}}).encode()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+                        + str(len(self.BODY)).encode() + b"\r\n\r\n" + self.BODY)
+        transport.close()
 
 
 async def _discard_rest(request: web.Request) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import select
 import socket
 from typing import Any
 
@@ -215,3 +216,26 @@ def test_models_lists_the_loaded_model(server: ServerProcess) -> None:
     assert models == ["base"]
     with pytest.raises(openai.AuthenticationError):
         client(server, key="nope").models.list()
+
+
+def test_a_connection_that_sends_nothing_is_closed(strict_server: ServerProcess) -> None:
+    """aiohttp's keep-alive timer, armed at connect, is the metadata timeout (1 s on this server)."""
+    with socket.create_connection(("127.0.0.1", strict_server.http_port), timeout=30) as sock:
+        assert sock.recv(1024) == b""  # closed by the server, long before the socket's own timeout
+
+
+def test_open_connections_are_capped_and_the_port_recovers(server: ServerProcess) -> None:
+    """MAX_PENDING_CONNECTIONS (256 here) open at once; those past it are told 503 and closed unread."""
+    held = [socket.create_connection(("127.0.0.1", server.http_port), timeout=30) for _ in range(400)]
+    try:
+        def answered() -> list[bytes] | None:
+            readable = select.select(held, [], [], 0)[0]
+            return [sock.recv(4096) for sock in readable] if len(readable) >= 400 - 356 else None
+
+        # 400 - 356: at most the cap plus one accept burst (asyncio's backlog, 100) are let in.
+        replies = harness.wait_until(answered, 30, "the connections past the cap to be refused")
+    finally:
+        for sock in held:
+            sock.close()
+    assert all(r.startswith(b"HTTP/1.1 503") and b'"code": "overloaded"' in r for r in replies), replies[0]
+    assert harness.wait_until(lambda: client(server).models.list().data, 30, "the port serving again")
