@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from asr_client import AsrClientError, Result, Segment, transcribe
+from asr_client.api import endpoint, metadata, parse_reply
 from asr_client.audio import to_wav
 from asr_client.errors import EXIT_CODES
 from asr_client.machine_id import components, digest
@@ -206,3 +207,35 @@ def test_too_large_audio_is_the_1009_close(strict_server: ServerProcess) -> None
     with pytest.raises(AsrClientError) as raised:
         transcribe(wav, server=server_url(strict_server), key=KEY, language="en", timeout_s=60)
     assert raised.value.code == "audio_too_large" and raised.value.exit_code == 14
+
+
+def test_metadata_sends_only_what_was_asked() -> None:
+    plain = metadata(key=None, language=None, task="transcribe", word_timestamps=False, prompt=None,
+                     postprocess=None, machine_id="ab12")
+    # Exactly the spec's fields: a request without the extensions is served as the spec says.
+    assert plain == {"type": "transcribe", "language": None, "task": "transcribe", "machine_id": "ab12"}
+    full = metadata(key="k", language="bg", task="translate", word_timestamps=True, prompt="Plovdiv",
+                    postprocess=False, machine_id="ab12")
+    assert full == {**plain, "language": "bg", "task": "translate", "api_key": "k", "postprocess": False,
+                    "word_timestamps": True, "prompt": "Plovdiv"}
+    assert endpoint("ws://h:8765/") == endpoint("ws://h:8765/ws/transcribe") == "ws://h:8765/ws/transcribe"
+
+
+@pytest.mark.parametrize(("reply", "code"), [
+    ('{"error": "overloaded", "detail": "queue full"}', "overloaded"),
+    ('{"error": "quota_exceeded"}', "unknown_error"),
+    ('{"text": "hi", "segments": [{"text": "hi", "start": "soon"}]}', "protocol_error"),
+    ("[1, 2]", "protocol_error"),
+    (b"RIFF", "protocol_error"),
+])
+def test_replies_that_are_not_results_raise_by_code(reply: str | bytes, code: str) -> None:
+    with pytest.raises(AsrClientError) as raised:
+        parse_reply(reply)
+    assert raised.value.code == code and raised.value.exit_code == EXIT_CODES[code]
+
+
+def test_readme_lists_every_exit_code() -> None:
+    readme = (REPO / "client" / "README.md").read_text()
+    table = dict(re.findall(r"^\| (\d+) \| `(\w+)`", readme, re.M))
+    assert table == {str(n): c for c, n in EXIT_CODES.items() if c != "unknown_error"}
+    assert "| 19 | an error code this client does not know" in readme

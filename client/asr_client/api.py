@@ -161,7 +161,7 @@ def _exchange(url: str, frame: str, wav: bytes, timeout_s: float) -> Result:
             raise AsrClientError("response_timeout", f"no answer within {timeout_s:g} s") from None
         except ConnectionClosed as closed:
             raise _closed_without_answer(closed) from None
-    return _parse_reply(reply)
+    return parse_reply(reply)
 
 
 def _closed_without_answer(closed: ConnectionClosed) -> AsrClientError:
@@ -175,7 +175,7 @@ def _closed_without_answer(closed: ConnectionClosed) -> AsrClientError:
     return AsrClientError("protocol_error", "the connection was lost before an answer came")
 
 
-def _parse_reply(reply: str | bytes) -> Result:
+def parse_reply(reply: str | bytes) -> Result:
     if isinstance(reply, bytes):
         raise AsrClientError("protocol_error", "the server answered with a binary frame")
     try:
