@@ -28,6 +28,7 @@ from asr_client.api import endpoint, metadata, parse_reply
 from asr_client.audio import to_wav
 from asr_client.errors import EXIT_CODES
 from asr_client.machine_id import components, digest
+from asr_client.progress import Progress
 
 from tests import harness
 from tests.conftest import KEY, STRICT_MAX_BYTES
@@ -239,3 +240,23 @@ def test_readme_lists_every_exit_code() -> None:
     table = dict(re.findall(r"^\| (\d+) \| `(\w+)`", readme, re.M))
     assert table == {str(n): c for c, n in EXIT_CODES.items() if c != "unknown_error"}
     assert "| 19 | an error code this client does not know" in readme
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_keeps_results_off_its_line() -> None:
+    screen = _Terminal()
+    bar = Progress(2, stream=screen)
+    bar.start("a.wav")
+    bar.write("result of a\n", screen)  # stdout and stderr on one terminal
+    bar.finish("a.wav")
+    bar.start("b.wav")
+    bar.finish("b.wav")
+    # What the terminal shows: each \r returns to the line start, \x1b[K clears the rest of the line.
+    lines = [re.sub(r".*\r", "", line).replace("\x1b[K", "") for line in screen.getvalue().split("\n")]
+    assert lines[0] == "result of a"
+    assert lines[1].startswith("[" + "#" * 24 + "] 2/2 ") and lines[1].endswith(" b.wav")
+    assert lines[2:] == [""]
