@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openai
 import pytest
 import yaml
 from websockets.exceptions import InvalidStatus
@@ -214,6 +215,13 @@ def test_spec_client_through_nginx_and_failover(backends: tuple[ServerProcess, S
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"http://127.0.0.1:{listen}/elsewhere", timeout=10)
         assert info.value.code == 404
+        # The OpenAI-compatible API behind the same site: the upload streams through to /v1/.
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{listen}/v1", api_key=KEY, max_retries=0, timeout=300)
+        assert [m.id for m in api.models.list()] == ["base"]
+        jfk_wav = (EVAL_DIR / "en/en_whisper_jfk.wav").read_bytes()
+        text = api.audio.transcriptions.create(model="whisper-1", file=("jfk.wav", jfk_wav), language="en",
+                                               response_format="text")
+        assert "your country" in text
 
         second.stop()  # one backend dies; nginx must route around it
         for _ in range(4):
