@@ -62,7 +62,7 @@ BLOCK_FRAMES = 1 << 18  # per block: 5.5 s at 48 kHz; at most 32 MiB at 32 chann
 _DEMUXERS = {"FLAC": "flac", "Ogg": "ogg", "MP3": "mp3", "MP4": "mov", "WebM/Matroska": "matroska"}
 
 
-def decode_wav(data: bytes, max_seconds: float) -> DecodedAudio:
+def decode_wav(data: bytes | bytearray, max_seconds: float) -> DecodedAudio:
     """Decode a RIFF/WAVE file to 16 kHz mono float32, or raise ``InvalidAudio``/``AudioTooLong``."""
     _check_container(data)
     try:
@@ -81,7 +81,7 @@ def decode_wav(data: bytes, max_seconds: float) -> DecodedAudio:
     return DecodedAudio(samples=mono, duration_s=n_frames / rate, source_rate=rate, channels=channels)
 
 
-def decode_audio(data: bytes, max_seconds: float) -> DecodedAudio:
+def decode_audio(data: bytes | bytearray, max_seconds: float) -> DecodedAudio:
     """Decode WAV, FLAC, Ogg, MP3, m4a/mp4 or WebM to 16 kHz mono float32 (see the module docstring)."""
     container = _container_of(data)
     if container == "WAV":
@@ -91,7 +91,7 @@ def decode_audio(data: bytes, max_seconds: float) -> DecodedAudio:
     raise InvalidAudio("unrecognised audio: send WAV, FLAC, Ogg (Vorbis or Opus), MP3, M4A/MP4 or WebM")
 
 
-def _container_of(data: bytes) -> str | None:
+def _container_of(data: bytes | bytearray) -> str | None:
     if len(data) >= 12 and data[:4] in (b"RIFF", b"RF64") and data[8:12] == b"WAVE":
         return "WAV"
     if len(data) >= 12 and data[4:8] == b"ftyp":
@@ -103,7 +103,7 @@ def _too_long(duration: float, max_seconds: float) -> AudioTooLong:
     return AudioTooLong(f"audio is {duration:.1f} s long; this server accepts at most {max_seconds:g} s")
 
 
-def _decode_pyav(data: bytes, max_seconds: float, demuxer: str) -> DecodedAudio:
+def _decode_pyav(data: bytes | bytearray, max_seconds: float, demuxer: str) -> DecodedAudio:
     try:
         with av.open(io.BytesIO(data), format=demuxer, mode="r") as container:
             if not container.streams.audio:
@@ -180,7 +180,7 @@ def _decode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, max_s
     return np.ascontiguousarray(samples, dtype=np.float32), n_frames
 
 
-def _check_container(data: bytes) -> None:
+def _check_container(data: bytes | bytearray) -> None:
     if len(data) < 12:
         raise InvalidAudio(f"the audio frame is {len(data)} bytes, too short for a WAV header")
     if data[:4] in (b"RIFF", b"RF64") and data[8:12] == b"WAVE":

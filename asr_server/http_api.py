@@ -196,7 +196,7 @@ class HttpApi:
         record.audio_arrived = time.monotonic()
         form = parse_form(fields, task)
         record.language = form.language or "detect"
-        audio = await asyncio.to_thread(decode_audio, bytes(data), self.config.max_audio_seconds)
+        audio = await asyncio.to_thread(decode_audio, data, self.config.max_audio_seconds)
         del data
         if not allowance.hold(audio.samples.nbytes):
             raise Overloaded("the server holds its limit of audio in flight; try again shortly")
@@ -219,6 +219,13 @@ class HttpApi:
         """The text fields and the file, read a chunk at a time within the limits and the budget."""
         if not request.content_type.startswith("multipart/"):
             raise FieldError("send the request as multipart/form-data with a 'file' field", None)
+        try:
+            return await self._read_parts(request, allowance, max_bytes)
+        except ValueError as exc:  # aiohttp's word for a body that is not the multipart it says
+            raise FieldError(f"not a readable multipart/form-data body: {str(exc)[:120]}", None) from None
+
+    async def _read_parts(self, request: web.Request, allowance: Allowance,
+                          max_bytes: int) -> tuple[list[tuple[str, str]], bytearray]:
         reader = await request.multipart()
         fields: list[tuple[str, str]] = []
         data: bytearray | None = None

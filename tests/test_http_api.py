@@ -239,3 +239,37 @@ def test_open_connections_are_capped_and_the_port_recovers(server: ServerProcess
             sock.close()
     assert all(r.startswith(b"HTTP/1.1 503") and b'"code": "overloaded"' in r for r in replies), replies[0]
     assert harness.wait_until(lambda: client(server).models.list().data, 30, "the port serving again")
+
+
+def _post(port: int, content_type: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode() + body)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def _part(name: str, value: bytes, extra: str = "") -> bytes:
+    return f'--zz\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'.encode() + value + b"\r\n"
+
+
+@pytest.mark.parametrize("content_type, body, detail", [
+    ("multipart/form-data", b"abc", "not a readable multipart"),
+    ("multipart/form-data; boundary=zz", b"garbage, no boundary in sight", "not a readable multipart"),
+    ("application/x-www-form-urlencoded", b"file=abc", "multipart/form-data"),
+    ("multipart/form-data; boundary=zz", _part("model", b"whisper-1") + b"--zz--\r\n", "no 'file' field"),
+    ("multipart/form-data; boundary=zz", _part("prompt", b"x" * 70_000) + b"--zz--\r\n", "larger than"),
+    ("multipart/form-data; boundary=zz", b"".join(_part(f"f{i}", b"1") for i in range(70)) + b"--zz--\r\n",
+     "more than 64 form fields"),
+    ("multipart/form-data; boundary=zz", _part("file", b"RIFF", '; filename="a.wav"') * 2 + b"--zz--\r\n",
+     "one file per request"),
+])
+def test_malformed_forms_are_400_and_the_server_serves_on(server: ServerProcess, content_type: str,
+                                                          body: bytes, detail: str) -> None:
+    status, reply = _post(server.http_port, content_type, body)
+    assert status == 400 and reply["error"]["code"] == "bad_request" and detail in reply["error"]["message"]
+    assert server.health()[0] == 200
