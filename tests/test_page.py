@@ -1,0 +1,259 @@
+"""The browser page at ``GET /``: its headers over plain HTTP, then the page itself in headless Chromium.
+
+Chromium's microphone plays a real eval clip (``--use-file-for-fake-audio-capture``);
+the page records it, encodes the WAV, speaks the protocol to the real server and
+shows the result, which is scored against the manifest's reference. What Chromium
+does with the file (measured with 156): it starts playing it when the page opens
+the microphone, so the recording begins within a frame of the file's start, and
+with ``%noloop`` it plays silence after the end instead of looping. The clip is
+padded with silence on both sides so that neither a late start nor a loop (were
+``%noloop`` ever ignored) can cut or repeat a word, and the test stops just past
+the end of the speech, well before the padding runs out.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import re
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.select import Select
+
+from asr_server.protocol import SUPPORTED_LANGUAGES
+from tests.browser import console_log, start_chromium
+from tests.harness import REPO, Clip, ServerProcess, load_manifest, normalise, transcribe, wait_until, wer
+
+from .conftest import KEY, exchange
+
+RECORDED_CLIP = "en/en_picovoice_test.wav"  # 5.9 s of LibriSpeech read speech, 16 words
+FILE_CLIP = "en/en_cv_18540005.wav"  # 3.6 s of Common Voice at 48 kHz: the page resamples it
+LEAD_S = 0.5  # silence before the speech, in case the capture misses the device's first frames
+TAIL_S = 3.0  # silence after; a loop would wrap only after it
+STOP_PAST_END_S = 0.3  # the recording stops this far past the clip's end, 2.7 s short of a wrap
+PAGE_FILE = REPO / "asr_server" / "static" / "index.html"
+
+
+def clip(path: str) -> Clip:
+    return next(c for c in load_manifest() if c.row["path"] == path)
+
+
+def one_word_more(reference: str, direct_wer: float) -> float:
+    """The page's bound: the direct request's WER plus one word of the reference.
+
+    The page's audio differs from the file only by Chromium's resampling (16 kHz
+    file, 48 kHz capture, 16 kHz sent) and 16-bit requantisation; greedy decoding of
+    near-identical audio gives the same words, and one word of slack absorbs a
+    borderline token. A repeated loop, a cut start, a wrong sample rate in the
+    header or a dropped chunk each cost several words.
+    """
+    return direct_wer + 100.0 / len(normalise(reference, "en").split())
+
+
+# --- plain HTTP: no browser -------------------------------------------------------------------
+
+
+def get(server: ServerProcess, path: str) -> tuple[int, dict[str, str], str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read().decode()
+
+
+def test_page_is_served_with_its_headers(server: ServerProcess) -> None:
+    status, headers, body = get(server, "/")
+    assert status == 200
+    assert body == PAGE_FILE.read_text(encoding="utf-8")
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert headers["Cache-Control"] == "no-cache"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    policy = dict(part.strip().split(" ", 1) for part in headers["Content-Security-Policy"].split(";"))
+    assert policy["default-src"] == "'none'"
+    assert policy["connect-src"] == "'self'"
+    assert re.fullmatch(r"'sha256-[A-Za-z0-9+/=]{44}' blob:", policy["script-src"]), policy
+    assert re.fullmatch(r"'sha256-[A-Za-z0-9+/=]{44}'", policy["style-src"]), policy
+    for alias in ("/index.html", "/?lang=en"):
+        assert get(server, alias)[::2] == (200, body), alias
+    assert get(server, "/index.htm")[0] == 404
+    assert get(server, "/static/index.html")[0] == 404  # the package's files are not a web root
+
+
+def test_health_and_websocket_beside_the_page(server: ServerProcess) -> None:
+    status, headers, body = get(server, "/health")
+    assert (status, headers["Content-Type"], json.loads(body)["status"]) == (200, "application/json", "ok")
+    assert exchange(server.url, {"type": "ping"}).reply == {"type": "pong", "status": "ok"}
+
+
+class _Options(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.select: str | None = None
+        self.values: dict[str, list[str]] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "select":
+            self.select = dict(attrs)["id"]
+            self.values[self.select or ""] = []
+        elif tag == "option" and self.select:
+            self.values[self.select].append(dict(attrs)["value"] or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self.select = None
+
+
+def test_page_offers_the_protocols_languages_and_tasks() -> None:
+    parser = _Options()
+    parser.feed(PAGE_FILE.read_text(encoding="utf-8"))
+    assert parser.values["language"] == ["", *SUPPORTED_LANGUAGES]  # "": detect
+    assert parser.values["task"] == ["transcribe", "translate"]
+
+
+# --- headless Chromium ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The recorded clip between silences, as the 16-bit PCM WAV Chromium plays as its microphone."""
+    recorded = clip(RECORDED_CLIP)
+    samples, rate = sf.read(recorded.path, dtype="float32")
+    padded = np.concatenate([np.zeros(int(LEAD_S * rate), "float32"), samples,
+                             np.zeros(int(TAIL_S * rate), "float32")])
+    path = tmp_path_factory.mktemp("microphone") / "microphone.wav"
+    sf.write(path, padded, rate, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def chromium(microphone: Path) -> Iterator[webdriver.Chrome]:
+    driver = start_chromium(microphone)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def page(chromium: webdriver.Chrome, server: ServerProcess) -> webdriver.Chrome:
+    """The page freshly loaded from the server, with nothing remembered from an earlier test."""
+    chromium.get(f"http://127.0.0.1:{server.port}/")
+    chromium.execute_script("localStorage.clear()")
+    chromium.refresh()
+    console_log(chromium)  # from here on, the log holds only this test's messages
+    return chromium
+
+
+def text(driver: webdriver.Chrome, element_id: str) -> str:
+    return driver.find_element(By.ID, element_id).text
+
+
+def fill(driver: webdriver.Chrome, key: str, language: str) -> None:
+    driver.find_element(By.ID, "api-key").send_keys(key)
+    Select(driver.find_element(By.ID, "language")).select_by_value(language)
+
+
+def finished(driver: webdriver.Chrome, wanted: str, timeout_s: float = 60) -> None:
+    """Wait until the page says done or error, then insist on ``wanted`` (showing what it said)."""
+    def state() -> str | None:
+        shown = driver.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+        return shown if shown in ("done", "error") else None
+
+    reached = wait_until(state, timeout_s, "the page's data-state to become done or error")
+    assert reached == wanted, f"the page ended in {reached}: {text(driver, 'error')!r}"
+
+
+def console_errors(driver: webdriver.Chrome) -> list[dict[str, Any]]:
+    """SEVERE console entries (a CSP violation is one), but the favicon the page does not have."""
+    return [entry for entry in console_log(driver)
+            if entry["level"] == "SEVERE" and "favicon.ico" not in entry["message"]]
+
+
+def segment_times(driver: webdriver.Chrome) -> list[tuple[float, float]]:
+    times = []
+    for shown in driver.find_elements(By.CSS_SELECTOR, "#segments .time"):
+        match = re.fullmatch(r"(\d+\.\d\d) s – (\d+\.\d\d) s", shown.text)
+        assert match, shown.text
+        times.append((float(match[1]), float(match[2])))
+    return times
+
+
+@pytest.fixture(scope="module")
+def direct(server: ServerProcess) -> Iterator[dict[str, Future[dict[str, Any]]]]:
+    """Both clips sent straight from their files, started at once: they run while the page records,
+    when the server would be idle, so the comparison costs the suite no time of its own."""
+    with ThreadPoolExecutor(2) as pool:
+        yield {path: pool.submit(transcribe, server.url, clip(path).path.read_bytes(), language=language,
+                                 api_key=KEY)
+               for path, language in ((RECORDED_CLIP, "en"), (FILE_CLIP, None))}
+
+
+def test_page_records_the_microphone_and_shows_the_transcript(
+        direct: dict[str, Future[dict[str, Any]]], page: webdriver.Chrome) -> None:
+    recorded = clip(RECORDED_CLIP)
+    fill(page, KEY, "en")
+    stop_at = LEAD_S + recorded.duration + STOP_PAST_END_S
+    page.find_element(By.ID, "record").click()
+    wait_until(lambda: float(page.find_element(By.ID, "duration").get_attribute("data-seconds") or 0)
+               >= stop_at, stop_at + 30, f"the page to show {stop_at:.1f} s recorded")
+    assert page.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "recording"
+    page.find_element(By.ID, "record").click()
+    finished(page, "done")
+    direct_text = direct[RECORDED_CLIP].result()["text"]
+
+    shown = text(page, "text")
+    bound = one_word_more(recorded.text, wer([recorded.text], [direct_text], "en"))
+    assert wer([recorded.text], [shown], "en") <= bound, (shown, direct_text)
+    assert text(page, "result-language") == "en"
+    sent_s = float(text(page, "result-audio").removesuffix(" s"))
+    assert stop_at <= sent_s < stop_at + 1.0  # the whole recording went, and little more
+    times = segment_times(page)
+    assert times and all(0 <= start < end <= sent_s + 0.05 for start, end in times), times
+    # The style and the script both ran: their CSP hashes match what was served.
+    assert page.execute_script("return getComputedStyle(document.body).maxWidth") == "704px"
+    assert console_errors(page) == []
+
+
+def test_page_transcribes_a_chosen_file(direct: dict[str, Future[dict[str, Any]]],
+                                        page: webdriver.Chrome) -> None:
+    chosen = clip(FILE_CLIP)
+    fill(page, KEY, "")  # detect: the page must show what the server found
+    page.find_element(By.ID, "file").send_keys(str(chosen.path))
+    finished(page, "done")
+    direct_text = direct[FILE_CLIP].result()["text"]
+    shown = text(page, "text")
+    bound = one_word_more(chosen.text, wer([chosen.text], [direct_text], "en"))
+    assert wer([chosen.text], [shown], "en") <= bound, (shown, direct_text)
+    assert text(page, "result-language") == "en"
+    assert abs(float(text(page, "result-audio").removesuffix(" s")) - chosen.duration) < 0.05
+    assert segment_times(page)
+    assert console_errors(page) == []
+
+
+def test_page_shows_a_wrong_key_and_keeps_no_key(page: webdriver.Chrome) -> None:
+    wrong = "wrong-key-5d0e9b"
+    assert page.find_element(By.ID, "api-key").get_attribute("type") == "password"
+    fill(page, wrong, "en")
+    page.find_element(By.ID, "file").send_keys(str(clip(FILE_CLIP).path))
+    finished(page, "error")
+    assert text(page, "error-code") == "unauthorized"
+    assert text(page, "error-detail")  # the server's detail, shown beside the code
+    assert page.find_element(By.ID, "result").is_displayed() is False
+    assert wrong not in page.find_element(By.TAG_NAME, "body").text
+    assert all(wrong not in entry["message"] for entry in console_log(page))
+    assert page.execute_script("return localStorage.length") == 0  # "remember" was not ticked
+
+    page.find_element(By.ID, "remember").click()
+    page.refresh()
+    assert page.find_element(By.ID, "api-key").get_attribute("value") == wrong
+    page.find_element(By.ID, "remember").click()  # unticked: forgotten at once
+    assert page.execute_script("return localStorage.length") == 0
