@@ -23,6 +23,9 @@ from selenium.webdriver.chrome.service import Service
 from tests.harness import REPO
 
 ARTIFACTS_DIR = REPO / "test-artifacts"
+# Every console entry read so far, per browser session: chromedriver hands each out once, and a
+# failure's artifacts should hold those a test already read too.
+_CONSOLE: dict[str, list[dict[str, Any]]] = {}
 
 
 def start_chromium(microphone: Path) -> webdriver.Chrome:
@@ -45,13 +48,10 @@ def start_chromium(microphone: Path) -> webdriver.Chrome:
     return webdriver.Chrome(options=options, service=Service(executable_path=driver))
 
 
-def chromium_version(driver: webdriver.Chrome) -> str:
-    return str(driver.capabilities.get("browserVersion", "?"))
-
-
 def console_log(driver: webdriver.Chrome) -> list[dict[str, Any]]:
     """The console entries since the last call (chromedriver hands each out once)."""
     entries: list[dict[str, Any]] = driver.get_log("browser")  # type: ignore[no-untyped-call]
+    _CONSOLE.setdefault(driver.session_id or "", []).extend(entries)
     return entries
 
 
@@ -62,8 +62,9 @@ def save_artifacts(driver: webdriver.Chrome, test_name: str) -> Path:
     try:
         driver.save_screenshot(str(folder / "screenshot.png"))
         (folder / "page.html").write_text(driver.page_source, encoding="utf-8")
+        console_log(driver)
         (folder / "console.log").write_text(
-            "".join(json.dumps(entry) + "\n" for entry in console_log(driver)))
+            "".join(json.dumps(entry) + "\n" for entry in _CONSOLE.get(driver.session_id or "", [])))
     except WebDriverException as err:  # a crashed browser still gets its test reported
         (folder / "error.txt").write_text(f"could not capture the page: {err}\n")
     return folder
