@@ -31,14 +31,15 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.select import Select
 
+from asr_server.page import content_security_policy
 from asr_server.protocol import SUPPORTED_LANGUAGES
 from tests.browser import console_log, start_chromium
 from tests.harness import REPO, Clip, ServerProcess, load_manifest, normalise, transcribe, wait_until, wer
 
 from .conftest import KEY, exchange
 
-RECORDED_CLIP = "en/en_picovoice_test.wav"  # 5.9 s of LibriSpeech read speech, 16 words
-FILE_CLIP = "en/en_fasterwhisper_stereo_right.wav"  # 5 s of LibriSpeech, 5 words
+RECORDED_CLIP = "en/en_picovoice_test.wav"  # 5.9 s, LibriSpeech's "Mr. Quilter" sentence, 16 words
+FILE_CLIP = "en/en_fasterwhisper_stereo_right.wav"  # 5 s, 5 words (faster-whisper's test audio)
 LEAD_S = 0.25  # silence before the speech, in case the capture misses the device's first frames
 TAIL_S = 3.0  # silence after; a loop would wrap only after it
 STOP_PAST_END_S = 0.2  # the recording stops this far past the clip's end, 2.8 s short of a wrap
@@ -122,6 +123,15 @@ def test_page_offers_the_protocols_languages_and_tasks() -> None:
     assert parser.values["task"] == ["transcribe", "translate"]
 
 
+def test_policy_follows_the_pages_inline_code() -> None:
+    """The hashes come from the file, so an edited script gets a new one; a page without one is refused."""
+    page = "<style>p {{}}</style><script>{}</script>"
+    assert content_security_policy(page.format("a()")) != content_security_policy(page.format("b()"))
+    assert "'unsafe-inline'" not in content_security_policy(page.format("a()"))
+    with pytest.raises(ValueError):
+        content_security_policy('<style>p {}</style><script src="/app.js"></script>')
+
+
 # --- headless Chromium ------------------------------------------------------------------------
 
 
@@ -175,10 +185,9 @@ def finished(driver: webdriver.Chrome, wanted: str, timeout_s: float = 60) -> No
     assert reached == wanted, f"the page ended in {reached}: {text(driver, 'error')!r}"
 
 
-def console_errors(driver: webdriver.Chrome) -> list[dict[str, Any]]:
-    """SEVERE console entries (a CSP violation is one), but the favicon the page does not have."""
-    return [entry for entry in console_log(driver)
-            if entry["level"] == "SEVERE" and "favicon.ico" not in entry["message"]]
+def severe(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Console errors: a CSP violation, an uncaught exception, a failed load."""
+    return [entry for entry in entries if entry["level"] == "SEVERE"]
 
 
 def segment_times(driver: webdriver.Chrome) -> list[tuple[float, float]]:
@@ -219,7 +228,7 @@ def test_page_records_the_microphone_and_shows_the_transcript(page: webdriver.Ch
     assert times and all(0 <= start < end <= sent_s + 0.05 for start, end in times), times
     # The style and the script both ran: their CSP hashes match what was served.
     assert page.execute_script("return getComputedStyle(document.body).maxWidth") == "704px"
-    assert console_errors(page) == []
+    assert severe(console_log(page)) == []
 
 
 def test_page_transcribes_a_chosen_file(page: webdriver.Chrome, server: ServerProcess) -> None:
@@ -233,7 +242,7 @@ def test_page_transcribes_a_chosen_file(page: webdriver.Chrome, server: ServerPr
     assert text(page, "result-language") == "en"
     assert abs(float(text(page, "result-audio").removesuffix(" s")) - chosen.duration) < 0.05
     assert segment_times(page)
-    assert console_errors(page) == []
+    assert severe(console_log(page)) == []
 
 
 def test_page_shows_a_wrong_key_and_keeps_no_key(page: webdriver.Chrome) -> None:
@@ -249,7 +258,7 @@ def test_page_shows_a_wrong_key_and_keeps_no_key(page: webdriver.Chrome) -> None
     assert wrong not in page.find_element(By.TAG_NAME, "body").text
     console = console_log(page)
     assert all(wrong not in entry["message"] for entry in console)
-    assert [entry for entry in console if entry["level"] == "SEVERE"] == []
+    assert severe(console) == []
     assert page.execute_script("return localStorage.length") == 0  # "remember" was not ticked
 
     page.find_element(By.ID, "remember").click()
