@@ -6,8 +6,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 ASR_MODEL ?= base
 
 .PHONY: run test model install dev llm system-deps lint typecheck unit eval clean
-SYSTEM_TOOLS := nginx prometheus promtool systemd-analyze openssl
-SYSTEM_PACKAGES := nginx prometheus systemd openssl
+SYSTEM_TOOLS := nginx prometheus promtool systemd-analyze openssl chromium chromedriver
+SYSTEM_PACKAGES := nginx prometheus systemd openssl chromium chromium-driver
 
 ## install: the venv with pinned runtime dependencies (torch first, pinned: an unpinned one pulls CUDA)
 install: $(VENV)/.installed
@@ -49,7 +49,8 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(VENV)/bin/mypy
 
-## system-deps: Debian's nginx, Prometheus and systemd tools that the deployment tests run for real
+## system-deps: Debian's nginx, Prometheus and systemd tools that the deployment tests run for real,
+## and the headless Chromium (with its chromedriver) that drives the browser page in tests/test_page.py
 system-deps:
 	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
 	if [ -n "$$missing" ]; then \

@@ -1,4 +1,4 @@
-"""The conductor: one WebSocket exchange per connection, and ``GET /health`` on the same port.
+"""The conductor: one WebSocket exchange per connection; ``GET /health`` and the page on the same port.
 
 metadata frame -> key check -> audio frame -> WAV decode (off the loop) ->
 scheduler -> result frame -> close 1000. This is the only layer that knows
@@ -41,6 +41,7 @@ from asr_server.errors import (
 )
 from asr_server.limits import Allowance, AudioBudget, ConnectionLimiter, client_address
 from asr_server.metrics import Metrics, RequestOutcome
+from asr_server.page import PAGE_PATHS, load_page
 from asr_server.postprocess import PostProcessor
 from asr_server.scheduler import Scheduler
 from asr_server.ws_gate import GatedConnection
@@ -90,7 +91,7 @@ class RequestRecord:
 
 
 class AsrServer:
-    """Serves ``/ws/transcribe`` and ``/health`` for one scheduler."""
+    """Serves ``/ws/transcribe``, ``/health`` and the page (``page``) for one scheduler."""
 
     def __init__(self, config: Config, scheduler: Scheduler, metrics: Metrics,
                  postprocessor: PostProcessor) -> None:
@@ -104,6 +105,7 @@ class AsrServer:
         self.pending = ConnectionLimiter(config.effective_max_pending_connections)  # before auth
         self.open_connections = 0
         self.draining = False
+        self.page = load_page()
 
     def health(self) -> tuple[int, dict[str, Any]]:
         if self.scheduler.load_error is not None:
@@ -129,6 +131,8 @@ class AsrServer:
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "application/json"
             return response
+        if path in PAGE_PATHS:
+            return self.page.respond(connection)
         return connection.respond(404, "not found\n")
 
     def listen(self) -> Any:

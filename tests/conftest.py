@@ -1,9 +1,13 @@
-"""Shared fixtures: the real server as a subprocess on 127.0.0.1, started once per configuration."""
+"""Shared fixtures: the real server as a subprocess on 127.0.0.1, started once per configuration.
+
+Also the one hook: a failed test that drove a browser (``chromium`` fixture)
+leaves its screenshot, DOM and console log under ``test-artifacts/``.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +23,19 @@ KEY = KEYS[1]
 STRICT_MAX_SECONDS = 20
 STRICT_MAX_BYTES = 2_000_000
 STRICT_TIMEOUT_S = 1
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    driver = getattr(item, "funcargs", {}).get("chromium")
+    if report.failed and driver is not None and call.when == "call":
+        from tests.browser import save_artifacts  # selenium only where a browser ran
+
+        folder = save_artifacts(driver, item.nodeid)
+        report.sections.append(("browser artifacts", f"screenshot, DOM and console log in {folder}"))
+    return report
 
 
 @pytest.fixture(scope="session")
