@@ -212,6 +212,9 @@ def test_spec_client_through_nginx_and_failover(backends: tuple[ServerProcess, S
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{listen}/metrics", timeout=10).read().decode()
         assert status == 200 and "asr_requests_total" in metrics
         assert urllib.request.urlopen(f"http://127.0.0.1:{listen}/metrics/gpu1", timeout=10).status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{listen}/", timeout=10) as page:  # the browser page
+            assert page.status == 200 and "Content-Security-Policy" in page.headers
+            assert "/ws/transcribe" in page.read().decode()
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"http://127.0.0.1:{listen}/elsewhere", timeout=10)
         assert info.value.code == 404
