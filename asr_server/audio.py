@@ -58,6 +58,8 @@ class DecodedAudio:
 BLOCK_FRAMES = 1 << 18  # per block: 5.5 s at 48 kHz; at most 32 MiB at 32 channels
 
 
+# What a decoder library raises on a malformed file, besides its own error class.
+_DECODER_FAILURES = (RuntimeError, ValueError, TypeError, OverflowError, MemoryError)
 # The compressed containers, each with the FFmpeg demuxer that is forced on it.
 _DEMUXERS = {"FLAC": "flac", "Ogg": "ogg", "MP3": "mp3", "MP4": "mov", "WebM/Matroska": "matroska"}
 
@@ -74,11 +76,9 @@ def decode_wav(data: bytes | bytearray, max_seconds: float) -> DecodedAudio:
             mono, n_frames = _decode_blocks(_read_blocks(wav), rate, channels, max_seconds, "WAV")
     except sf.LibsndfileError as exc:
         raise InvalidAudio(f"not a readable WAV file: {exc.error_string}") from None
-    except (RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as exc:
+    except _DECODER_FAILURES as exc:
         raise InvalidAudio(f"not a readable WAV file: {type(exc).__name__}") from None
-    if n_frames == 0:
-        raise InvalidAudio("the WAV file holds no samples")
-    return DecodedAudio(samples=mono, duration_s=n_frames / rate, source_rate=rate, channels=channels)
+    return _decoded(mono, n_frames, rate, channels, "the WAV file")
 
 
 def decode_audio(data: bytes | bytearray, max_seconds: float) -> DecodedAudio:
@@ -120,10 +120,14 @@ def _decode_pyav(data: bytes | bytearray, max_seconds: float, demuxer: str) -> D
             mono, n_frames = _decode_blocks(_grouped(frames), rate, channels, max_seconds, demuxer)
     except av.FFmpegError as exc:
         raise InvalidAudio(f"not a readable {demuxer} file: {exc.strerror or type(exc).__name__}") from None
-    except (RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as exc:
+    except _DECODER_FAILURES as exc:
         raise InvalidAudio(f"not a readable {demuxer} file: {type(exc).__name__}") from None
+    return _decoded(mono, n_frames, rate, channels, "the file")
+
+
+def _decoded(mono: np.ndarray, n_frames: int, rate: int, channels: int, what: str) -> DecodedAudio:
     if n_frames == 0:
-        raise InvalidAudio("the file holds no audio samples")
+        raise InvalidAudio(f"{what} holds no samples")
     return DecodedAudio(samples=mono, duration_s=n_frames / rate, source_rate=rate, channels=channels)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import jiwer
 import numpy as np
+import openai
 import pytest
 from aiohttp import web
 
@@ -103,6 +104,17 @@ def test_the_flag_and_the_default_decide_whether_the_llm_is_called(llm: LlamaSer
         served_exactly(llm, before + 1)
         metrics = server.http_get("/metrics", server.metrics_port)[1]
         assert 'asr_postprocess_seconds_count{machine_id="ab12cd",task="transcribe"} 1.0' in metrics
+        # The HTTP API follows the same default: verbose_json carries the LLM's outcome, and
+        # subtitles never call it (a rewrite has no times).
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key=KEY, max_retries=0,
+                            timeout=300)
+        subtitles = api.audio.transcriptions.create(model="whisper-1", file=("jfk.wav", JFK), language="en",
+                                                    response_format="srt")
+        verbose: Any = api.audio.transcriptions.create(model="whisper-1", file=("jfk.wav", JFK),
+                                                       language="en", response_format="verbose_json")
+        served_exactly(llm, before + 2)
+        assert "your country" in subtitles and "your country" in verbose.text
+        assert verbose.postprocess_ms > 0 and (verbose.postprocessed_text or verbose.postprocess_error)
 
 
 def test_asked_for_without_an_endpoint(server: ServerProcess) -> None:
