@@ -27,6 +27,7 @@ from whisper.tokenizer import Tokenizer
 
 from asr_server.protocol import TranscribeOptions
 from asr_server.search import SearchSpec, WindowResult, WindowSearch
+from asr_server.vad import SpeechRegion, overlaps_speech
 
 # whisper's CLI defaults: beam search or greedy, then sampling at rising temperatures
 # when a window fails the compression-ratio or log-probability checks.
@@ -75,15 +76,29 @@ class RequestWindows:
         self.temperature_index = 0
         self.temperatures = temperature_schedule(options.temperature)
         self.reported = 0  # segments already handed to the request's listener (streaming)
-        self.speech_regions: list[Any] | None = None  # the VAD's, kept for the engine's answer
+        self.speech_regions: list[SpeechRegion] | None = None  # the VAD's (None: no VAD)
         self.decisions: list[tuple[int, float, bool]] = []  # per window: seek, temperature, skipped
+        self.unheard: list[int] = []  # seeks of windows skipped unencoded: the VAD hears nothing there
 
     @property
     def finished(self) -> bool:
         return self.seek >= self.content_frames
 
     def next_window(self) -> torch.Tensor | None:
-        """The next window's mel, padded to 30 s; None once the audio is done."""
+        """The next window's mel, padded to 30 s; None once the audio is done.
+
+        A window in which the VAD hears no speech at all is passed over without running the
+        model, as transcribe() passes over a window it judges silent (the seek moves a whole
+        window on, nothing joins the prompt). Nothing it could hold would be kept: the
+        answer drops every segment outside speech.
+        """
+        while not self.finished:
+            frames = min(WINDOW_FRAMES, self.content_frames - self.seek)
+            start, end = self.seek / FRAMES_PER_SECOND, (self.seek + frames) / FRAMES_PER_SECOND
+            if self.speech_regions is None or overlaps_speech(start, end, self.speech_regions):
+                break
+            self.unheard.append(self.seek)
+            self.seek += frames
         if self.finished:
             self.window = None
             return None

@@ -26,6 +26,7 @@ from asr_server.config import Config
 from asr_server.decoding_loop import DecodingLoop
 from asr_server.engine import Engine, EngineSettings, ListedRequest, join_sentences
 from asr_server.protocol import Segment, TranscribeOptions, Transcription
+from asr_server.vad import SpeechDetector, SpeechRegion
 from asr_server.windows import RequestWindows
 from tests.harness import EVAL_DIR, Clip, ServerProcess, load_manifest, reference_result
 from tests.test_accuracy import SUBSET as ACCURACY_SUBSET
@@ -132,11 +133,15 @@ class Listed:
         return self.waiting.pop(0) if self.waiting else None
 
 
-def windows_of(engine: Engine, items: list[tuple[np.ndarray, TranscribeOptions]]) -> list[RequestWindows]:
-    """The loop's own record of each request (its windows' decisions), not the engine's answer."""
+def windows_of(engine: Engine, items: list[tuple[np.ndarray, TranscribeOptions]],
+               speech: dict[int, list[SpeechRegion]] | None = None) -> list[RequestWindows]:
+    """The loop's own record of each request (its windows' decisions), not the engine's answer;
+    ``speech``: the VAD's regions for some of them, as the scheduler hands them over."""
     loop = DecodingLoop(engine.model, None, torch.float32, False, engine._prepare,
                         lambda work, windows: windows)
     requests = [ListedRequest(samples, options) for samples, options in items]
+    for index, regions in (speech or {}).items():
+        setattr(requests[index], "speech", regions)  # noqa: B010  (what a scheduler _Job carries)
     loop.serve(Listed(list(requests)), len(requests), lambda size: None)
     assert all(isinstance(r.result, RequestWindows) for r in requests), [r.result for r in requests]
     return [r.result for r in requests]  # type: ignore[misc]
@@ -144,23 +149,26 @@ def windows_of(engine: Engine, items: list[tuple[np.ndarray, TranscribeOptions]]
 
 def test_fallback_and_no_speech_are_decided_as_whisper_decides(engine: Engine) -> None:
     """Reversed speech fails whisper's checks at temperature 0 and is sampled again, beside others'
-    greedy searches; a window of silence between two speeches is skipped, as transcribe() skips it."""
+    greedy searches; windows of silence between two speeches are skipped, as transcribe() skips them."""
     clips = {c.path.name: c for c in load_manifest()}
     jfk = samples_of(clips["en_whisper_jfk.wav"])
     reversed_speech = samples_of(clips["en_fasterwhisper_stereo_left.wav"])[::-1].copy()
     silence_between = np.concatenate([jfk, np.zeros(16_000 * 50, dtype=np.float32), jfk])
     en = TranscribeOptions("en", "transcribe")
     items = [(jfk, en), (reversed_speech, en), (silence_between, en)]
-    recorded = windows_of(engine, items)
+    recorded = windows_of(engine, items, {2: SpeechDetector().speech_regions(silence_between)})
 
     theirs = whisper_raw(engine.model, reversed_speech, en)
     assert recorded[1].decisions[0][1] > 0 and theirs["segments"][0]["temperature"] > 0
     assert recorded[0].decisions == [(0, 0.0, False)]
 
-    skipped = [seek for seek, _, silent in recorded[2].decisions if silent]
-    assert len(skipped) == 1  # a window of nothing but silence, between 11 s and 61 s
+    # The window from 30 s to 60 s, nothing but silence between 11 s and 61 s: the VAD hears
+    # nothing in it, and it is passed over without running the model.
+    judged = [seek for seek, _, silent in recorded[2].decisions if silent]
+    assert judged == [] and recorded[2].unheard == [3000], (judged, recorded[2].unheard)
     theirs = whisper_raw(engine.model, silence_between, en)
-    assert all(segment["seek"] != skipped[0] for segment in theirs["segments"])  # whisper skipped it too
+    whispers_windows = {segment["seek"] for segment in theirs["segments"]}  # those that gave segments
+    assert 3000 not in whispers_windows  # whisper decoded it, and judged it silent
     ours = engine._finish(ListedRequest(silence_between, en), recorded[2])
     assert ours == formatted(theirs, silence_between)
 
