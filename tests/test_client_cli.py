@@ -31,6 +31,7 @@ from asr_client.machine_id import components, digest
 from asr_client.progress import Progress
 
 from tests import harness
+from tests.codecs import ENCODINGS, encode
 from tests.conftest import KEY, STRICT_MAX_BYTES
 from tests.harness import REPO, Clip, ServerProcess
 
@@ -159,6 +160,17 @@ def test_flac_is_sent_as_mono_pcm16_wav_and_wav_as_is(clips: dict[str, Clip], tm
     with pytest.raises(AsrClientError) as raised:
         to_wav(b"\x00" * 1000, "zeros.bin")
     assert raised.value.code == "unreadable_audio" and "zeros.bin" in str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["m4a", "webm"])
+def test_what_libsndfile_cannot_read_is_decoded_by_pyav(clips: dict[str, Clip], name: str) -> None:
+    """With the client's ``av`` extra (installed here), m4a and WebM become WAV too."""
+    samples, rate = sf.read(clips[CLIP_NAMES[1]].path, dtype="float32")
+    wav = to_wav(encode(samples, rate, name), f"speech.{name}")
+    decoded, decoded_rate = sf.read(io.BytesIO(wav), dtype="float32")
+    codec_rate = ENCODINGS[name][2]
+    assert decoded.ndim == 1 and decoded_rate == codec_rate
+    assert abs(len(decoded) / decoded_rate - len(samples) / rate) < 0.15  # (AAC's priming, Opus' pre-skip)
 
 
 def test_wrong_key_is_the_unauthorized_exit_code(server: ServerProcess, clips: dict[str, Clip]) -> None:

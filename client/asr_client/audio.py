@@ -4,8 +4,10 @@ The wire takes one RIFF/WAVE file. A WAV (RIFF or RF64) goes as it is, byte for
 byte: the server reads every PCM and float WAV and resamples itself, so
 re-encoding could only lose precision. Anything else libsndfile decodes (FLAC,
 Ogg/Vorbis, Opus, MP3, AIFF, ...) is decoded here and sent as mono 16-bit PCM
-WAV at its own sample rate, the spec's format. Failures are ``unreadable_audio``,
-raised before any connection is made.
+WAV at its own sample rate, the spec's format. Where PyAV is installed
+(``pip install ./client[av]``: FFmpeg's decoders), what libsndfile cannot read
+(m4a, mp4, WebM, ...) is decoded by it instead. Failures are
+``unreadable_audio``, raised before any connection is made.
 """
 
 from __future__ import annotations
@@ -44,14 +46,38 @@ def to_wav(data: bytes, name: str = "<bytes>") -> bytes:
         return data
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        # The spec's wire format is mono; the server would average the channels the same way.
+        mono = samples.mean(axis=1, dtype=np.float32)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         # libsndfile's own words ("Format not recognised."), without the BytesIO repr around them.
         why = getattr(exc, "error_string", None) or str(exc)
-        raise AsrClientError("unreadable_audio", f"{name}: not audio that soundfile reads ({why})") from None
-    if samples.shape[0] == 0:
+        decoded = _decode_with_pyav(data)
+        if decoded is None:
+            raise AsrClientError("unreadable_audio",
+                                 f"{name}: not audio that soundfile (or PyAV, if installed) reads ({why})") from None
+        mono, rate = decoded
+    if mono.shape[0] == 0:
         raise AsrClientError("unreadable_audio", f"{name}: the file holds no samples")
-    # The spec's wire format is mono; the server would average the channels the same way.
-    mono = samples.mean(axis=1, dtype=np.float32)
     buf = io.BytesIO()
     sf.write(buf, mono, rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+def _decode_with_pyav(data: bytes) -> tuple[np.ndarray, int] | None:
+    """Mono float32 samples and their rate, by FFmpeg, if PyAV is installed and reads ``data``."""
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            parts = [converted.to_ndarray().reshape(-1) for frame in container.decode(stream)
+                     for converted in resampler.resample(frame)]
+    except (av.FFmpegError, RuntimeError, TypeError, ValueError):
+        return None
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)), rate
