@@ -53,8 +53,8 @@ def to_wav(data: bytes, name: str = "<bytes>") -> bytes:
         why = getattr(exc, "error_string", None) or str(exc)
         decoded = _decode_with_pyav(data)
         if decoded is None:
-            raise AsrClientError("unreadable_audio",
-                                 f"{name}: not audio that soundfile (or PyAV, if installed) reads ({why})") from None
+            detail = f"{name}: not audio that soundfile (or PyAV, if installed) reads ({why})"
+            raise AsrClientError("unreadable_audio", detail) from None
         mono, rate = decoded
     if mono.shape[0] == 0:
         raise AsrClientError("unreadable_audio", f"{name}: the file holds no samples")
