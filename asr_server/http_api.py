@@ -3,11 +3,12 @@
 The same way through as a WebSocket request, from the key to the one log
 line: the bearer key is checked (constant time) before a byte of the body is
 read; the multipart upload is read a chunk at a time under the same audio
-limits and budget; audio beyond WAV is decoded off the loop (``decode_audio``);
+limits and budget (``http_upload.py``); audio beyond WAV is decoded off the
+loop (``decode_audio``);
 the same scheduler, post-processing, metrics and request log follow. Errors
-come in OpenAI's shape, with our error code as ``code``. Building the fields
-and the bodies is pure (``parse_form``, ``render``, ``http_formats.py``) and
-tested without sockets.
+come in OpenAI's shape, with our error code as ``code``. Judging the fields and
+building the bodies, errors too, is pure (``http_formats.py``) and tested
+without sockets.
 
 With ``stream=true`` the answer is server-sent events: a
 ``transcript.text.delta`` as each window's segments become final, then
@@ -23,37 +24,17 @@ import logging
 import time
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from asr_server import http_formats, protocol
 from asr_server.audio import decode_audio
 from asr_server.errors import AsrError, AudioTooLarge, InternalError, Overloaded, RequestTimeout, Unauthorized
-from asr_server.http_formats import FieldError, parse_form
+from asr_server.http_formats import error_body, parse_form
+from asr_server.http_upload import FORM_OVERHEAD_BYTES, MAX_FIELD_BYTES, read_form
 from asr_server.limits import Allowance, client_address
 from asr_server.server import CLIENT_GONE, AsrServer, RequestRecord
 
 log = logging.getLogger(__name__)
-
-MAX_FIELD_BYTES = 64 * 1024  # a text field: the WebSocket metadata's bound
-MAX_PARTS = 64
-CHUNK_BYTES = 256 * 1024
-# Multipart boundaries and part headers around the file, beyond MAX_AUDIO_BYTES itself.
-FORM_OVERHEAD_BYTES = 1024 * 1024
-
-_STATUS = {"unauthorized": 401, "bad_request": 400, "unsupported_language": 400, "invalid_audio": 400,
-           "audio_too_large": 413, "audio_too_long": 413, "timeout": 400, "overloaded": 429,
-           "internal_error": 503}
-_TYPE = {400: "invalid_request_error", 401: "authentication_error", 413: "invalid_request_error",
-         429: "rate_limit_error", 503: "server_error"}
-_PARAM = {"unsupported_language": "language", "invalid_audio": "file", "audio_too_large": "file",
-          "audio_too_long": "file"}
-
-
-def error_body(error: AsrError) -> tuple[int, dict[str, Any]]:
-    status = _STATUS.get(error.code, 503)
-    param = error.param if isinstance(error, FieldError) else _PARAM.get(error.code)
-    return status, {"error": {"message": error.detail, "type": _TYPE[status], "param": param,
-                              "code": error.code}}
 
 
 def _error_response(error: AsrError) -> web.Response:
@@ -189,7 +170,7 @@ class HttpApi:
             raise Overloaded("the server holds its limit of audio in flight; try again shortly")
         try:
             async with asyncio.timeout(self.config.audio_timeout_s):
-                fields, data = await self._read_form(request, allowance, max_bytes)
+                fields, data = await read_form(request, allowance, max_bytes)
         except TimeoutError:
             raise RequestTimeout(f"the upload did not complete within {self.config.audio_timeout_s:g} s") \
                 from None
@@ -213,52 +194,6 @@ class HttpApi:
             corrected = await self.server.postprocess(transcription, form.postprocess, task, record)
         content_type, body = http_formats.render(form, transcription, corrected, audio.duration_s)
         return web.Response(text=body, content_type=content_type, charset="utf-8")
-
-    async def _read_form(self, request: web.Request, allowance: Allowance,
-                         max_bytes: int) -> tuple[list[tuple[str, str]], bytearray]:
-        """The text fields and the file, read a chunk at a time within the limits and the budget."""
-        if not request.content_type.startswith("multipart/"):
-            raise FieldError("send the request as multipart/form-data with a 'file' field", None)
-        try:
-            return await self._read_parts(request, allowance, max_bytes)
-        except ValueError as exc:  # aiohttp's word for a body that is not the multipart it says
-            raise FieldError(f"not a readable multipart/form-data body: {str(exc)[:120]}", None) from None
-
-    async def _read_parts(self, request: web.Request, allowance: Allowance,
-                          max_bytes: int) -> tuple[list[tuple[str, str]], bytearray]:
-        reader = await request.multipart()
-        fields: list[tuple[str, str]] = []
-        data: bytearray | None = None
-        for _ in range(MAX_PARTS):
-            part = await reader.next()
-            if part is None:
-                break
-            if not isinstance(part, BodyPartReader):
-                raise FieldError("nested multipart bodies are not accepted", None)
-            if part.name == "file":
-                if data is not None:
-                    raise FieldError("send one file per request", "file")
-                data = bytearray()
-                while chunk := await part.read_chunk(CHUNK_BYTES):
-                    if len(data) + len(chunk) > max_bytes:
-                        await _discard_rest(request)
-                        raise AudioTooLarge(f"the file is larger than {max_bytes} bytes (MAX_AUDIO_BYTES)")
-                    if not allowance.hold(len(data) + len(chunk)):
-                        raise Overloaded("the server holds its limit of audio in flight; try again shortly")
-                    data += chunk
-            else:
-                value = bytearray()
-                while chunk := await part.read_chunk(8192):
-                    value += chunk
-                    if len(value) > MAX_FIELD_BYTES:
-                        raise FieldError(f"field {str(part.name)[:40]!r} is larger than "
-                                         f"{MAX_FIELD_BYTES} bytes", part.name)
-                fields.append((part.name or "", value.decode("utf-8", "replace")))
-        else:
-            raise FieldError(f"more than {MAX_PARTS} form fields", None)
-        if not data:
-            raise FieldError("the form has no 'file' field, or it is empty", "file")
-        return fields, data
 
     async def _stream(self, request: web.Request, record: RequestRecord, samples: Any,
                       options: protocol.TranscribeOptions) -> web.StreamResponse:
@@ -320,19 +255,6 @@ class _Refusal(asyncio.Protocol):
                         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
                         + str(len(self.BODY)).encode() + b"\r\n\r\n" + self.BODY)
         transport.close()
-
-
-async def _discard_rest(request: web.Request) -> None:
-    """Read what the client still sends, keeping none of it, so that it reads our 413 before we close.
-
-    HTTP clients send the whole body before they read the answer: one cut off mid-upload
-    sees a broken connection, not the error. The body's declared length was bounded
-    before it was read (``FORM_OVERHEAD_BYTES`` past the limit); an undeclared one is
-    read for at most that much.
-    """
-    left = FORM_OVERHEAD_BYTES if request.content_length is None else request.content_length
-    while left > 0 and (chunk := await request.content.read(min(CHUNK_BYTES, left))):
-        left -= len(chunk)
 
 
 async def _event(response: web.StreamResponse, payload: dict[str, Any]) -> None:

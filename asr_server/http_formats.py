@@ -3,7 +3,8 @@
 ``parse_form`` judges the multipart text fields as OpenAI's audio API names
 them (``model``, ``language``, ``prompt``, ``response_format``,
 ``temperature``, ``timestamp_granularities[]``, ``stream``, and our
-``postprocess``); ``render`` writes json, text, srt, vtt or verbose_json.
+``postprocess``); ``render`` writes json, text, srt, vtt or verbose_json;
+``error_body`` gives an error's HTTP status and OpenAI's error object.
 
 What each format carries:
 - ``json`` and ``text``: the best text, the LLM's correction when there is one
@@ -25,7 +26,7 @@ from typing import Any
 from asr_client.subtitles import srt, vtt
 from whisper.tokenizer import LANGUAGES
 
-from asr_server.errors import BadRequest
+from asr_server.errors import AsrError, BadRequest
 from asr_server.protocol import (
     MAX_PROMPT_CHARS,
     PostprocessOutcome,
@@ -105,6 +106,22 @@ def parse_form(fields: list[tuple[str, str]], task: str) -> FormRequest:
                        prompt=request.prompt, response_format=response_format, temperature=temperature,
                        granularities=frozenset(granularities or {"segment"}), stream=stream,
                        postprocess=postprocess)
+
+
+_STATUS = {"unauthorized": 401, "bad_request": 400, "unsupported_language": 400, "invalid_audio": 400,
+           "audio_too_large": 413, "audio_too_long": 413, "timeout": 400, "overloaded": 429,
+           "internal_error": 503}
+_TYPE = {400: "invalid_request_error", 401: "authentication_error", 413: "invalid_request_error",
+         429: "rate_limit_error", 503: "server_error"}
+_PARAM = {"unsupported_language": "language", "invalid_audio": "file", "audio_too_large": "file",
+          "audio_too_long": "file"}
+
+
+def error_body(error: AsrError) -> tuple[int, dict[str, Any]]:
+    status = _STATUS.get(error.code, 503)
+    param = error.param if isinstance(error, FieldError) else _PARAM.get(error.code)
+    return status, {"error": {"message": error.detail, "type": _TYPE[status], "param": param,
+                              "code": error.code}}
 
 
 def _words(segments: tuple[Segment, ...]) -> list[dict[str, Any]]:
