@@ -14,7 +14,9 @@ held or that waits hears so instead of waiting forever.
 
 An engine with a speech gate (``GatedTranscriber``: the VAD, onnxruntime, no
 torch) has it run here, in a thread of its own, before the request is queued:
-a 30-minute upload's VAD then holds up no one else's decoding.
+a 30-minute upload's VAD then holds up no one else's decoding. A request at
+the gate, or waiting for it, counts toward the queue's bound and its depth,
+and its wait there toward its deadline.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def _settle(future: asyncio.Future[Transcription], result: Transcription | None,
 
 
 class Scheduler:
-    """Runs transcriptions one at a time on a dedicated worker thread."""
+    """The bounded queue in front of the one worker thread, which runs up to ``max_batch`` at once."""
 
     def __init__(self, load: Callable[[], Transcriber], max_queue: int, max_batch: int = 1,
                  deadline_s: float = float("inf"),
@@ -108,6 +110,7 @@ class Scheduler:
         self._max_queue = max_queue
         self._waiting: deque[_Job] = deque()  # guarded by _changed
         self._taken: list[_Job] = []  # handed to the engine: settled by it, or by a dying worker
+        self._gating = 0  # at the speech gate or waiting for it (touched on the event loop only)
         self._changed = threading.Condition()
         self._ready = threading.Event()
         self._stopping = False
@@ -136,7 +139,8 @@ class Scheduler:
 
     @property
     def depth(self) -> int:
-        return len(self._waiting)
+        """Requests waiting for the model, those at its speech gate included."""
+        return len(self._waiting) + self._gating
 
     async def submit(self, samples: np.ndarray, options: TranscribeOptions,
                      listener: Callable[[list[Segment]], None] | None = None) -> Transcription:
@@ -149,13 +153,16 @@ class Scheduler:
         job = _Job(samples, options, loop, loop.create_future(), listener=listener)
         if isinstance(self.engine, GatedTranscriber):
             self._refuse_if_full()  # before the gate's work, not only after it
-            job.speech = await loop.run_in_executor(self._gate, self.engine.speech_regions, samples)
-            job.enqueued = time.monotonic()
+            self._gating += 1
+            try:
+                job.speech = await loop.run_in_executor(self._gate, self.engine.speech_regions, samples)
+            finally:
+                self._gating -= 1
         with self._changed:
             if self._stopping:
                 raise InternalError("the inference worker is not running")
             if len(self._waiting) >= self._max_queue:
-                raise Overloaded(f"{self._max_queue} requests are already waiting; try again shortly")
+                raise self._full()
             self._waiting.append(job)
             self._changed.notify()
         try:
@@ -167,8 +174,11 @@ class Scheduler:
             raise
 
     def _refuse_if_full(self) -> None:
-        if len(self._waiting) >= self._max_queue:
-            raise Overloaded(f"{self._max_queue} requests are already waiting; try again shortly")
+        if len(self._waiting) + self._gating >= self._max_queue:
+            raise self._full()
+
+    def _full(self) -> Overloaded:
+        return Overloaded(f"{self._max_queue} requests are already waiting; try again shortly")
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Let queued work finish, then end the worker."""

@@ -391,3 +391,34 @@ def test_a_continuous_engine_gets_no_request_that_waited_past_the_deadline() -> 
         scheduler.stop()
 
     asyncio.run(scenario())
+
+
+class SlowGateStandInEngine(SpeechGatedStandInEngine):
+    """Stand-in whose speech gate holds every request until ``gate_open`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_open = threading.Event()
+
+    def speech_regions(self, samples: np.ndarray) -> list[float]:
+        self.gate_open.wait(10)
+        return super().speech_regions(samples)
+
+
+def test_requests_at_the_speech_gate_count_toward_the_queue() -> None:
+    """Two requests held at a slow gate (one in its thread, one waiting for it) fill a queue of two."""
+    async def scenario() -> None:
+        engine = SlowGateStandInEngine()
+        scheduler = Scheduler(lambda: engine, max_queue=2)
+        scheduler.start()
+        await scheduler.wait_ready()
+        held = [asyncio.create_task(scheduler.submit(audio(m), OPTIONS)) for m in (1, 2)]
+        await queued(scheduler, 2)
+        with pytest.raises(Overloaded, match="2 requests"):
+            await scheduler.submit(audio(3), OPTIONS)
+        engine.gate_open.set()
+        await asyncio.gather(*held)
+        assert scheduler.depth == 0 and sorted(engine.handed) == [[1.0], [2.0]]
+        scheduler.stop()
+
+    asyncio.run(scenario())
