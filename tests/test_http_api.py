@@ -27,6 +27,7 @@ from tests.harness import ServerProcess
 
 CLIP = "en/en_picovoice_test.wav"
 REFERENCE = "Mr. Quilter is the apostle of the middle classes and we are glad to welcome his gospel."
+DURATION_S = 5.855
 MACHINE = "4774700a0000000000000000000000000000000000000000000000000000beef"
 _CUE_TIME = r"(\d\d):(\d\d):(\d\d)[,.](\d\d\d)"
 
@@ -83,18 +84,19 @@ def test_each_format_from_each_container(server: ServerProcess, clip: tuple[np.n
         if response_format == "srt":
             assert result.startswith("1\n00:00:00,")
         times = cue_times(result)
-        assert times and all(0 <= start < end <= 6.0 for start, end in times), times
+        assert times and all(0 <= start < end <= DURATION_S + 0.1 for start, end in times), times
         assert times == sorted(times)
         text = " ".join(line for line in result.splitlines()
                         if line and "-->" not in line and not line.isdigit() and line != "WEBVTT")
     else:
         assert result.task == "transcribe" and result.language == "english"
-        assert abs(result.duration - 5.855) < 0.15
+        assert abs(result.duration - DURATION_S) < 0.15
         assert result.segments and result.words
         for segment in result.segments:
             inside = [w for w in result.words if segment.start <= w.start and w.end <= segment.end]
             assert inside, (segment, result.words)
-        assert " ".join(w.word for w in result.words).split() == result.text.split()
+        # Words come stripped, as OpenAI's do ("ill" and "-disposed" are two): they spell the text.
+        assert "".join(w.word for w in result.words) == result.text.replace(" ", "")
         assert [w.start for w in result.words] == sorted(w.start for w in result.words)
         text = result.text
     assert harness.wer([REFERENCE], [text], "en") < 15, text
