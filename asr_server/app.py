@@ -52,6 +52,7 @@ def engine_settings(config: Config) -> EngineSettings:
         beam_size=config.beam_size,
         vad=config.vad,
         quantize=config.quantize,
+        dtype=config.dtype,
     )
 
 

@@ -17,6 +17,8 @@ from typing import TypeVar
 from asr_server.limits import Network, parse_networks
 from asr_server.weights import MODELS_DIR
 
+DTYPE_SETTINGS = ("auto", "float32", "bfloat16", "float16")  # loading.py says what each holds
+
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -57,6 +59,7 @@ class Config:
     threads: int = 0  # 0: one per core
     vad: bool = True
     quantize: str = "none"  # none | int8 (CPU only)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: the weights' dtype (loading.py)
     max_queue: int = 32
     max_batch: int = 8
     queue_deadline_s: float = 300.0
@@ -129,6 +132,8 @@ class Config:
             vad=reader.boolean("ASR_VAD", defaults.vad),
             quantize=reader.get("ASR_QUANTIZE", str.lower, defaults.quantize, lambda v: v in ("none", "int8"),
                                 "must be none or int8"),
+            dtype=reader.get("ASR_DTYPE", str.lower, defaults.dtype, lambda v: v in DTYPE_SETTINGS,
+                             "must be " + ", ".join(DTYPE_SETTINGS[:-1]) + " or " + DTYPE_SETTINGS[-1]),
             max_queue=reader.get("ASR_MAX_QUEUE", int, defaults.max_queue, lambda v: v >= 1,
                                  "must be at least 1"),
             max_batch=reader.get("ASR_MAX_BATCH", int, defaults.max_batch, lambda v: 1 <= v <= 256,
@@ -188,6 +193,9 @@ class Config:
                 f"HOST={config.host} is reachable from other machines but SERVER_API_KEY is not set: "
                 "set a key, or ALLOW_NO_AUTH=1 if an open server is meant"
             )
+        if config.quantize == "int8" and config.dtype not in ("auto", "float32"):
+            reader.problems.append(f"ASR_QUANTIZE=int8 runs its activations in float32: "
+                                   f"ASR_DTYPE={config.dtype} cannot go with it (leave ASR_DTYPE=auto)")
         if config.max_inflight_audio_bytes < config.effective_max_audio_bytes:
             reader.problems.append(
                 f"MAX_INFLIGHT_AUDIO_BYTES={config.max_inflight_audio_bytes} is below one largest request "

@@ -1,8 +1,7 @@
 """The engine: the Whisper checkpoint on its device, the VAD gate, and requests in and answers out.
 
 The decoding itself is the loop's (decoding_loop.py): this module loads the
-model (explicit device and dtype: float16 on CUDA, float32 on the CPU, or
-int8 Linear layers there), turns a request's samples into its mel and
+model (its device and dtype: loading.py), turns a request's samples into its mel and
 windows (or an empty answer at once, when the VAD hears no speech), and a
 finished request's segments into the answer: segments outside speech
 dropped, whisper's pieces joined into sentences, words kept with them.
@@ -15,19 +14,18 @@ from __future__ import annotations
 import logging
 import re
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 import whisper
-from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import TO_LANGUAGE_CODE
 
 from asr_server.decoding_loop import DecodingLoop, Source, mel_of
+from asr_server.loading import load_model, native_bf16_flags, quantize_int8, resolve_device, resolve_dtype
 from asr_server.protocol import Segment, TranscribeOptions, Transcription, Word
 from asr_server.scheduler import NOT_CHECKED
 from asr_server.vad import SpeechDetector, SpeechRegion, overlaps_speech
@@ -42,10 +40,6 @@ MAX_JOINED_SEGMENT_S = 30.0
 MAX_JOIN_GAP_S = 1.0
 
 
-class ModelNotFound(FileNotFoundError):
-    """The configured checkpoint does not exist."""
-
-
 @dataclass(frozen=True)
 class EngineSettings:
     model_path: Path
@@ -56,55 +50,7 @@ class EngineSettings:
     quantize: str = "none"  # none | int8: dynamic int8 Linear layers, CPU only
     # How a decoder pass attends (forward.py): None picks batched on CUDA, per window on the CPU.
     batched_attention: bool | None = None
-
-
-def resolve_device(setting: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(setting)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"ASR_DEVICE={setting} but torch sees no CUDA device")
-    return device
-
-
-def load_model(path: Path, device: torch.device) -> Whisper:
-    """Load a checkpoint written by ``weights.py`` (or whisper's own format) onto ``device``."""
-    if not path.is_file():
-        raise ModelNotFound(str(path))
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = Whisper(ModelDimensions(**checkpoint["dims"]))
-    model.load_state_dict(checkpoint["model_state_dict"])
-    if checkpoint.get("alignment_heads") is not None:
-        model.set_alignment_heads(checkpoint["alignment_heads"])
-    # fp32 weights on every device; on CUDA whisper runs fp16 activations and
-    # casts the weights per op, as openai-whisper itself does.
-    return cast(Whisper, model.to(device).eval())
-
-
-def quantize_int8(model: Whisper) -> Whisper:
-    """Dynamic int8 quantisation of every Linear layer (weights int8, activations quantised per call).
-
-    Weights get a scale per output channel: one per matrix cost twice the WER (docs/accuracy.md).
-
-    whisper's own Linear subclass only casts weights to the input's dtype, a no-op in
-    float32, so it is swapped for torch's plain Linear, which the quantiser knows.
-    """
-    def plain(module: torch.nn.Module) -> None:
-        for name, child in module.named_children():
-            if isinstance(child, whisper.model.Linear):
-                linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-                linear.load_state_dict(child.state_dict())
-                setattr(module, name, linear)
-            else:
-                plain(child)
-
-    plain(model)
-    with warnings.catch_warnings():  # torch.ao's eager quantisation warns that it moves to torchao
-        warnings.simplefilter("ignore")
-        quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-            model, {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8)
-    return cast(Whisper, quantized)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (loading.py)
 
 
 @dataclass(eq=False)
@@ -141,12 +87,10 @@ class Engine:
         torch.set_num_threads(settings.threads)
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.dtype = self._dtype(settings)
         started = time.monotonic()
-        self.model = load_model(settings.model_path, self.device)
+        self.model = load_model(settings.model_path, self.device, self.dtype)
         if settings.quantize == "int8":
-            if self.device.type != "cpu":
-                raise RuntimeError("ASR_QUANTIZE=int8 is for the CPU; on CUDA the model runs in float16")
             self.model = quantize_int8(self.model)
         self.vad = SpeechDetector() if settings.vad else None
         batched = settings.batched_attention
@@ -156,6 +100,21 @@ class Engine:
         self.load_seconds = time.monotonic() - started
         log.info("model %s loaded on %s (%s) in %.1f s", settings.model_path.name, self.device,
                  self.dtype_name, self.load_seconds)
+
+    def _dtype(self, settings: EngineSettings) -> torch.dtype:
+        if settings.quantize == "int8":
+            if self.device.type != "cpu":
+                raise RuntimeError("ASR_QUANTIZE=int8 is for the CPU; on CUDA the model runs in float16")
+            if settings.dtype not in ("auto", "float32"):
+                raise RuntimeError(f"ASR_QUANTIZE=int8 runs in float32, not {settings.dtype}")
+            return torch.float32
+        native = native_bf16_flags() if self.device.type == "cpu" else ()
+        dtype = resolve_dtype(settings.dtype, self.device, native)
+        if self.device.type == "cpu":
+            log.info("CPU bf16 support: %s; ASR_DTYPE=%s holds the weights in %s",
+                     " ".join(native) or "none (no amx_bf16 or avx512_bf16 flag)", settings.dtype,
+                     str(dtype).removeprefix("torch."))
+        return dtype
 
     @property
     def dtype_name(self) -> str:

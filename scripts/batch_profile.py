@@ -5,7 +5,8 @@ through ``Engine.transcribe_batch`` with ``--capacity`` places (as the server
 does with ``ASR_MAX_BATCH`` and a full queue), and splits the stream's wall
 time into the encoder, the decoder passes (with how many requests each
 carried) and the rest (prompts, language detection, the searches' bookkeeping,
-the VAD). ``--attention`` picks the pass's attention form (forward.py).
+the VAD). ``--attention`` picks the pass's attention form (forward.py),
+``--dtype`` the weights' dtype (loading.py).
 
 Run: .venv/bin/python scripts/batch_profile.py --beam 5 --capacity 8 16
 """
@@ -28,7 +29,7 @@ import torch  # noqa: E402
 
 from asr_server import forward  # noqa: E402
 from asr_server.audio import decode_wav  # noqa: E402
-from asr_server.config import Config  # noqa: E402
+from asr_server.config import DTYPE_SETTINGS, Config  # noqa: E402
 from asr_server.engine import Engine, EngineSettings  # noqa: E402
 from asr_server.protocol import TranscribeOptions  # noqa: E402
 from tests.harness import load_manifest  # noqa: E402
@@ -70,9 +71,11 @@ def main() -> int:
     parser.add_argument("--capacity", type=int, nargs="+", default=[8])
     parser.add_argument("--clips", type=int, default=0, help="the first N short clips (0: all)")
     parser.add_argument("--attention", choices=("per-window", "batched"), default="per-window")
+    parser.add_argument("--dtype", choices=DTYPE_SETTINGS, default="auto")
     args = parser.parse_args()
     engine = Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(),
-                                   beam_size=args.beam, batched_attention=args.attention == "batched"))
+                                   beam_size=args.beam, batched_attention=args.attention == "batched",
+                                   dtype=args.dtype))
     engine.warm_up()
     timings = Timings(engine)
     clips = [c for c in load_manifest() if c.kind == "short"]
@@ -82,7 +85,7 @@ def main() -> int:
              for c in clips]
     audio = sum(c.duration for c in clips)
     print(f"{len(clips)} clips, {audio:.0f} s of audio, beam {args.beam}, {torch.get_num_threads()} threads, "
-          f"{args.attention} attention")
+          f"{args.attention} attention, {engine.dtype_name}")
     print("| run | wall s | encoder s | decoder passes s | passes | requests per pass | rest s | gain |")
     print("|---|---|---|---|---|---|---|---|")
     timings.reset()

@@ -9,13 +9,8 @@ import whisper
 
 from asr_server.audio import decode_wav
 from asr_server.config import Config
-from asr_server.engine import (
-    Engine,
-    EngineSettings,
-    join_sentences,
-    load_model,
-    resolve_device,
-)
+from asr_server.engine import Engine, EngineSettings, join_sentences
+from asr_server.loading import load_model, resolve_device
 from asr_server.protocol import SUPPORTED_LANGUAGES, Segment, TranscribeOptions
 from asr_server.vad import SpeechDetector, SpeechRegion
 from asr_server.whisper_compat import restricted_language_tokenizer

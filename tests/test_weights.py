@@ -135,7 +135,7 @@ def test_greedy_tokens_match_ctranslate2_in_five_languages() -> None:
     from faster_whisper import WhisperModel
     from whisper.tokenizer import get_tokenizer
 
-    from asr_server.engine import load_model
+    from asr_server.loading import load_model
 
     ours = load_model(CHECKPOINT, torch.device("cpu"))
     theirs = WhisperModel(str(CT2_DIR), device="cpu", compute_type="float32", cpu_threads=2).model

@@ -17,7 +17,8 @@ from tests.harness import load_manifest
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(), beam_size=1))
+    return Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(), beam_size=1,
+                                 dtype="float32"))  # compared with whisper's own words, in float32
 
 
 def test_words_are_whisper_own(engine: Engine) -> None:
