@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asr_server.audio import decode_wav
-from asr_server.config import Config
+from asr_server.config import DTYPE_SETTINGS, Config
 from tests.harness import (
     REPO,
     Clip,
@@ -29,9 +29,9 @@ from tests.harness import (
 )
 
 
-def run_server(clips: list[Clip], beam: int, quantize: str = "none") -> list[str]:
+def run_server(clips: list[Clip], beam: int, quantize: str = "none", dtype: str = "auto") -> list[str]:
     texts = []
-    env = {"ASR_BEAM_SIZE": str(beam), "SERVER_API_KEY": "", "ASR_QUANTIZE": quantize}
+    env = {"ASR_BEAM_SIZE": str(beam), "SERVER_API_KEY": "", "ASR_QUANTIZE": quantize, "ASR_DTYPE": dtype}
     with ServerProcess(env=env) as server:
         for clip in clips:
             reply = transcribe(server.url, clip.path.read_bytes(), language=clip.lang)
@@ -54,10 +54,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "accuracy.md")
     parser.add_argument("--int8-only", action="store_true",
                         help="measure only the WER cost of ASR_QUANTIZE=int8 (greedy) and add it to --out")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPE_SETTINGS[1:],
+                        help="measure only ASR_DTYPE: each of these against the first, both through "
+                             "the server in every --beams, and add it to --out")
     args = parser.parse_args()
     clips = load_manifest()
     if args.int8_only:
         return int8_cost(clips, args.out)
+    if args.dtypes:
+        return dtype_cost(clips, args.beams, args.dtypes, args.out)
     by_lang: dict[str, list[int]] = defaultdict(list)
     for i, clip in enumerate(clips):
         by_lang[clip.lang].append(i)
@@ -115,11 +120,44 @@ def int8_cost(clips: list[Clip], out: Path) -> int:
         a, b = wer(refs, [float32[i] for i in idx], lang), wer(refs, [int8[i] for i in idx], lang)
         lines.append(f"| {lang} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
         print(f"{lang}: float32 {a:.2f} int8 {b:.2f}", flush=True)
-    text = out.read_text()
-    if "## The WER cost of" in text:
-        text = text[: text.index("\n## The WER cost of")] + "\n"
-    out.write_text(text + "\n".join(lines) + "\n")
+    replace_section(out, "## The WER cost of `ASR_QUANTIZE=int8`", lines)
     return 0
+
+
+def dtype_cost(clips: list[Clip], beams: list[int], dtypes: list[str], out: Path) -> int:
+    """WER per language with each ASR_DTYPE, all through the server, against the first dtype."""
+    langs = sorted({c.lang for c in clips})
+    base, others = dtypes[0], dtypes[1:]
+    heading = "## The WER of `ASR_DTYPE`"
+    lines = ["", heading, "",
+             f"Command: `.venv/bin/python scripts/eval_wer.py --dtypes {' '.join(dtypes)}`: the same "
+             f"{len(clips)} clips through the server, each dtype in a server of its own "
+             f"({datetime.date.today()}, {platform.machine()}).", "",
+             "| decoding | language | " + " | ".join(f"{d} WER" for d in dtypes) + " | "
+             + " | ".join(f"{d} − {base}" for d in others) + " |",
+             "|---|---|" + "---|" * (2 * len(dtypes) - 1)]
+    for beam in beams:
+        texts = {dtype: run_server(clips, beam, dtype=dtype) for dtype in dtypes}
+        for lang in langs:
+            idx = [i for i, c in enumerate(clips) if c.lang == lang]
+            refs = [clips[i].text for i in idx]
+            wers = {d: wer(refs, [texts[d][i] for i in idx], lang) for d in dtypes}
+            name = "greedy" if beam == 1 else f"beam {beam}"
+            lines.append(f"| {name} | {lang} | " + " | ".join(f"{wers[d]:.2f}" for d in dtypes) + " | "
+                         + " | ".join(f"{wers[d] - wers[base]:+.2f}" for d in others) + " |")
+            print(lines[-1], flush=True)
+    replace_section(out, heading, lines)
+    return 0
+
+
+def replace_section(out: Path, heading: str, lines: list[str]) -> None:
+    """Put ``lines`` (which start with a blank line and ``heading``) in place of that section of ``out``."""
+    text = out.read_text()
+    if heading in text:
+        start = text.index("\n" + heading)
+        following = text.find("\n## ", start + 1)
+        text = text[:start] + (text[following:] if following >= 0 else "\n")
+    out.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
