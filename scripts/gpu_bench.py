@@ -13,6 +13,7 @@ Check on a CPU: python scripts/gpu_bench.py --model tiny --device cpu --batches 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import get_tokenizer
 
 from asr_server import forward
+from asr_server.loading import DTYPES, hold_in
 from asr_server.search import Rules, SearchSpec, WindowSearch, advance_all
 
 SHAPES = {
@@ -95,13 +97,18 @@ def main() -> int:
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", choices=list(DTYPES), help="ours: the weights held in it "
+                        "(default float16 on CUDA, float32 on the CPU); openai-whisper keeps float32 weights")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)
     fp16 = device.type == "cuda"
+    dtype = DTYPES[args.dtype or ("float16" if fp16 else "float32")]
     where = torch.cuda.get_device_name(device) if fp16 else "CPU"
     lines = [f"Random weights, {args.tokens}-token decode (end-of-text suppressed), beam {args.beam}, "
-             f"{'float16 activations' if fp16 else 'float32'} on {where}, torch {torch.__version__}; "
+             f"on {where}, torch {torch.__version__}; openai-whisper as it runs itself (float32 weights, "
+             f"{'float16 activations, its weights cast on every op' if fp16 else 'float32'}), ours with the "
+             f"weights held in {str(dtype).removeprefix('torch.')} (asr_server/loading.py); "
              f"median of {args.repeats} per batch, encoder included.", "",
              "| model | batch | openai-whisper ms | ours ms | speed-up | ours clips/s |",
              "|---|---|---|---|---|---|"]
@@ -111,6 +118,8 @@ def main() -> int:
         with torch.no_grad():  # random weights scaled so activations stay finite in float16
             for parameter in model.parameters():
                 parameter.normal_(0, 0.02)
+        held = copy.deepcopy(model)
+        hold_in(held, dtype)
         eot = get_tokenizer(model.is_multilingual, num_languages=model.num_languages).eot
         options = DecodingOptions(language="en", fp16=fp16, sample_len=args.tokens, without_timestamps=True,
                                   suppress_tokens=[-1, eot], beam_size=args.beam if args.beam > 1 else None)
@@ -120,12 +129,11 @@ def main() -> int:
                 theirs = float("nan")
                 if args.beam == 1 or batch == 1:  # whisper's own batched beam search fails
                     theirs = timed(whisper_decode, model, mel, options, args.repeats)
-                ours = timed(loop_decode, model, mel.to(torch.float16 if fp16 else torch.float32),
-                             options, args.repeats)
+                ours = timed(loop_decode, held, mel.to(dtype), options, args.repeats)
             lines.append(f"| {name} | {batch} | {theirs * 1000:.0f} | {ours * 1000:.0f} | "
                          f"{theirs / ours:.2f}x | {batch / ours:.1f} |")
             print(lines[-1], flush=True)
-        del model
+        del model, held
         if fp16:
             torch.cuda.empty_cache()
     text = "\n".join(lines) + "\n"

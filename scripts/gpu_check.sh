@@ -3,7 +3,8 @@
 # (tests/test_cuda.py: the decoding loop in float16 with batched attention, both attention
 # forms against each other, a real out-of-memory error in a pass), then the decoder benchmark
 # on large-v3- and turbo-shaped random weights with a fixed 32-token decode, batch 1 and 32,
-# openai-whisper's decoder beside the loop's passes. Results go to $OUT (or ./gpu-results).
+# openai-whisper's decoder (float32 weights cast to float16 on every op, as it runs itself) beside
+# the loop's passes on the weights held in float16 once (ASR_DTYPE=auto on CUDA). Results go to $OUT (or ./gpu-results).
 #
 # On the lent machine (its python3 has CUDA torch; the project's other wheels travel in .whl):
 #   bash scripts/gpu_check.sh
