@@ -164,7 +164,7 @@ def prefill(caches: Caches, slot: int, prompt: Sequence[int], rows: int, read: S
     causal = torch.full((length, length), float("-inf"), device=caches.device).triu_(1)
     heads, head_dim = caches.heads, caches.head_dim
     for layer, block in enumerate(decoder.blocks):
-        attn, h = block.attn, block.attn_ln(x)
+        attn, h = block.attn, _norm(block.attn_ln, x)
         q = attn.query(h).view(length, heads, head_dim).transpose(0, 1)
         k = attn.key(h).view(length, heads, head_dim).transpose(0, 1)
         v = attn.value(h).view(length, heads, head_dim).transpose(0, 1)
@@ -173,13 +173,13 @@ def prefill(caches: Caches, slot: int, prompt: Sequence[int], rows: int, read: S
         scores = ((q * head_dim ** -0.5) @ k.transpose(-1, -2)).float() + causal
         out = (F.softmax(scores, dim=-1).to(q.dtype) @ v).transpose(0, 1).reshape(1, length, -1)
         x = x + attn.out(out)
-        cross, h = block.cross_attn, block.cross_attn_ln(x)
+        cross, h = block.cross_attn, _norm(block.cross_attn_ln, x)
         q = cross.query(h).view(length, heads, head_dim).transpose(0, 1)
         scores = ((q * head_dim ** -0.5) @ caches.cross_k[layer][slot]).float()
         out = (F.softmax(scores, dim=-1).to(q.dtype) @ caches.cross_v[layer][slot])
         x = x + cross.out(out.transpose(0, 1).reshape(1, length, -1))
-        x = x + block.mlp(block.mlp_ln(x))
-    hidden: Tensor = decoder.ln(x)[0, list(read)]
+        x = x + block.mlp(_norm(block.mlp_ln, x))
+    hidden: Tensor = _norm(decoder.ln, x)[0, list(read)]
     caches.lengths[slot] = length
     logits: Tensor = (hidden @ decoder.token_embedding.weight.to(hidden.dtype).T).float()
     return logits
@@ -203,21 +203,30 @@ def step(caches: Caches, feeds: Sequence[Feed]) -> Tensor:
     attend: _PerWindow | _Batched = (_Batched(caches, feeds, lengths) if caches.batched
                                      else _PerWindow(caches, feeds, lengths, counts))
     for layer, block in enumerate(decoder.blocks):
-        attn, h = block.attn, block.attn_ln(x)
+        attn, h = block.attn, _norm(block.attn_ln, x)
         q = attn.query(h).view(total, heads, head_dim)
         where = (slot_of_row, row_in_slot, slice(None), position)
         caches.self_k[layer][where] = attn.key(h).view(total, heads, head_dim)
         caches.self_v[layer][where] = attn.value(h).view(total, heads, head_dim)
         x = x + attn.out(attend.self(layer, q, slot_of_row, row_in_slot).reshape(total, 1, -1))
-        cross, h = block.cross_attn, block.cross_attn_ln(x)
+        cross, h = block.cross_attn, _norm(block.cross_attn_ln, x)
         q = cross.query(h).view(total, heads, head_dim)
         x = x + cross.out(attend.cross(layer, q, slot_of_row, row_in_slot).reshape(total, 1, -1))
-        x = x + block.mlp(block.mlp_ln(x))
-    hidden: Tensor = decoder.ln(x)[:, -1]
+        x = x + block.mlp(_norm(block.mlp_ln, x))
+    hidden: Tensor = _norm(decoder.ln, x)[:, -1]
     logits: Tensor = (hidden @ decoder.token_embedding.weight.to(hidden.dtype).T).float()
     for feed in feeds:  # only once the whole pass has succeeded: a failed one may be run again
         caches.lengths[feed.slot] += 1
     return logits
+
+
+def _norm(norm: torch.nn.LayerNorm, x: Tensor) -> Tensor:
+    """whisper's LayerNorm, without the two casts it makes around a bf16 or fp16 input: torch's CPU
+    kernel takes that input with the float32 weights and computes in float32 itself (the same
+    bits: tests/test_dtype.py). Elsewhere whisper's own, casts and all."""
+    if x.dtype == torch.float32 or x.device.type != "cpu":
+        return norm(x)  # type: ignore[no-any-return]
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def _softmax_apply(scores: Tensor, values: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asr_server import loading
+from asr_server import forward, loading
 from asr_server.audio import decode_wav
 from asr_server.config import Config, ConfigError
 from asr_server.engine import Engine, EngineSettings
@@ -99,3 +99,12 @@ def test_float16_decodes_real_speech(caplog: pytest.LogCaptureFixture) -> None:
     result = engine.transcribe(samples, TranscribeOptions("en", "transcribe"))
     assert normalise(result.text, "en") == normalise(JFK.text, "en")
     assert result.segments[-1].end > 9.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_decoders_layernorm_skips_whispers_casts_with_the_same_bits(dtype: torch.dtype) -> None:
+    model = load_model(Config().model_path, CPU, dtype)
+    norm = model.decoder.blocks[2].mlp_ln
+    x = (torch.randn(7, 1, model.dims.n_text_state, generator=torch.Generator().manual_seed(1)) * 4).to(dtype)
+    assert torch.equal(forward._norm(norm, x), norm(x))
+    assert forward._norm(norm, x).dtype == dtype
