@@ -111,9 +111,11 @@ class Engine:
         native = native_bf16_flags() if self.device.type == "cpu" else ()
         dtype = resolve_dtype(settings.dtype, self.device, native)
         if self.device.type == "cpu":
-            log.info("CPU bf16 support: %s; ASR_DTYPE=%s holds the weights in %s",
+            passed_over = native and settings.dtype == "auto" and dtype == torch.float32
+            log.info("CPU bf16 support: %s; ASR_DTYPE=%s holds the weights in %s%s",
                      " ".join(native) or "none (no amx_bf16 or avx512_bf16 flag)", settings.dtype,
-                     str(dtype).removeprefix("torch."))
+                     str(dtype).removeprefix("torch."),
+                     " (bf16 lost WER: docs/accuracy.md)" if passed_over else "")
         return dtype
 
     @property
