@@ -89,16 +89,14 @@ def test_bfloat16_decodes_real_speech(caplog: pytest.LogCaptureFixture) -> None:
     assert result.segments[-1].end > 9.0
 
 
-def test_float16_decodes_real_speech_with_words(caplog: pytest.LogCaptureFixture) -> None:
-    """CUDA's dtype, on the CPU, through whisper's word alignment too."""
+def test_float16_decodes_real_speech(caplog: pytest.LogCaptureFixture) -> None:
+    """CUDA's dtype, on the CPU (tests/test_cuda.py runs it with word timestamps on a GPU: whisper's
+    alignment reruns the whole model, half a minute in emulated float16 here)."""
     engine = reduced_precision_engine("float16", caplog)
     samples = decode_wav(JFK.path.read_bytes(), 60).samples
-    result = engine.transcribe(samples, TranscribeOptions("en", "transcribe", word_timestamps=True))
+    result = engine.transcribe(samples, TranscribeOptions("en", "transcribe"))
     assert normalise(result.text, "en") == normalise(JFK.text, "en")
-    words = [w for s in result.segments for w in (s.words or ())]
-    assert normalise("".join(w.word for w in words), "en") == normalise(JFK.text, "en")
-    assert all(s.start <= w.start <= w.end <= s.end for s in result.segments for w in s.words or ())
-    assert words[-1].end > 9.0  # "country" ends near the clip's end (11 s), not at its start
+    assert result.segments[-1].end > 9.0
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
