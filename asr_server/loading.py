@@ -17,7 +17,6 @@ it would pick bfloat16 if ``BF16_KEEPS_WER`` said the WER held
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import cast
@@ -27,8 +26,6 @@ import whisper
 from whisper.model import ModelDimensions, Whisper
 
 from asr_server.config import DTYPE_SETTINGS
-
-log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 assert ("auto", *DTYPES) == DTYPE_SETTINGS
