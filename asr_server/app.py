@@ -20,14 +20,15 @@ from prometheus_client import CollectorRegistry
 from websockets.frames import CloseCode
 
 from asr_server.config import Config
-from asr_server.engine import Engine, EngineSettings
-from asr_server.http_api import HttpApi
-from asr_server.memory import give_back
+from asr_server.engine.scheduler import Scheduler
+from asr_server.engine.transcriber import Engine, EngineSettings
+from asr_server.heap import give_back
 from asr_server.metrics import Metrics
-from asr_server.postprocess import PostProcessor
-from asr_server.scheduler import Scheduler
-from asr_server.server import AsrServer
-from asr_server.sidecar import Sidecar
+from asr_server.postprocess.llm_client import PostProcessor
+from asr_server.service import AsrService
+from asr_server.transports.openai_http import HttpApi
+from asr_server.transports.sidecar import Sidecar
+from asr_server.transports.websocket import WebSocketTransport
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,13 @@ def describe_model(metrics: Metrics, scheduler: Scheduler, config: Config) -> No
 class MemoryReturn:
     """Returns freed memory after traffic: when the last connection closes, and every so often under load."""
 
-    def __init__(self, server: AsrServer) -> None:
-        self._server = server
+    def __init__(self, service: AsrService) -> None:
+        self._service = service
         self._seen_traffic = False
         self._last = 0.0
 
     async def maybe_give_back(self, now: float) -> None:
-        open_now = self._server.open_connections + self._server.pending.total
+        open_now = self._service.open_connections + self._service.pending.total
         self._seen_traffic |= open_now > 0
         if not self._seen_traffic:
             return
@@ -111,16 +112,16 @@ async def run(config: Config) -> int:
     scheduler = Scheduler(lambda: load_engine(settings), config.max_queue, config.max_batch,
                           config.queue_deadline_s, metrics.batch_size.observe)
     postprocessor = PostProcessor.from_config(config)
-    server = AsrServer(config, scheduler, metrics, postprocessor)
+    service = AsrService(config, scheduler, metrics, postprocessor)
     metrics.queue_depth.set_function(lambda: scheduler.depth)
-    metrics.pending_connections.set_function(lambda: server.pending.total)
-    metrics.ready.set_function(server.ready)
+    metrics.pending_connections.set_function(lambda: service.pending.total)
+    metrics.ready.set_function(service.ready)
     scheduler.start()
-    ws_server = await server.listen()
+    ws_server = await WebSocketTransport(service).listen()
     port = ws_server.sockets[0].getsockname()[1]
-    sidecar = Sidecar(server.health, metrics.registry)
+    sidecar = Sidecar(service.health, metrics.registry)
     metrics_port = await sidecar.start(config.metrics_host, config.metrics_port)
-    http_api = HttpApi(server, config.model)
+    http_api = HttpApi(service, config.model)
     http_port = await http_api.start(config.host, config.http_port)
     log.info("listening on ws://%s:%d/ws/transcribe (model loading)", config.host, port)
     log.info("OpenAI-compatible API on http://%s:%d/v1/audio/transcriptions", config.host, http_port)
@@ -149,7 +150,7 @@ async def run(config: Config) -> int:
         log.info("ready: http://%s:%d/health", config.host, port)
 
     code = EXIT_OK
-    memory = MemoryReturn(server)
+    memory = MemoryReturn(service)
     while not stop.is_set():
         woke_at = loop.time() + WATCH_INTERVAL_S
         try:
@@ -163,7 +164,7 @@ async def run(config: Config) -> int:
                 break
             await memory.maybe_give_back(loop.time())
 
-    server.draining = True
+    service.draining = True
     notify_systemd("STOPPING=1")
     log.info("draining: %d connections, grace %g s", len(ws_server.connections),
              config.shutdown_grace_s)
@@ -182,7 +183,7 @@ async def run(config: Config) -> int:
     await http_stopped
     if not ready.done():
         ready.cancel()
-    scheduler.stop()
+    await scheduler.stop()
     await postprocessor.close()
     await sidecar.stop()
     log.info("stopped")

@@ -14,12 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from asr_server.limits import Network, parse_networks
-from asr_server.weights import MODELS_DIR
+# Where `make model` writes checkpoints and where ASR_MODEL names are looked up (the repository's
+# models/, beside the package).
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 DTYPE_SETTINGS = ("auto", "float32", "bfloat16", "float16")  # loading.py says what each holds
 
 T = TypeVar("T")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """``TRUSTED_PROXIES``: comma-separated addresses or CIDR networks; raises ValueError."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -27,11 +27,11 @@ assert OPENMP_DEFAULTS
 
 import torch  # noqa: E402
 
-from asr_server import forward  # noqa: E402
-from asr_server.audio import decode_wav  # noqa: E402
 from asr_server.config import DTYPE_SETTINGS, Config  # noqa: E402
-from asr_server.engine import Engine, EngineSettings  # noqa: E402
-from asr_server.protocol import TranscribeOptions  # noqa: E402
+from asr_server.contract.domain import TranscribeOptions  # noqa: E402
+from asr_server.engine import forward  # noqa: E402
+from asr_server.engine.audio_decoding import decode_wav  # noqa: E402
+from asr_server.engine.transcriber import Engine, EngineSettings  # noqa: E402
 from tests.harness import load_manifest  # noqa: E402
 
 

@@ -44,8 +44,8 @@ OPENMP = {name: os.environ[name] for name in OPENMP_DEFAULTS}
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from asr_server.audio import decode_wav  # noqa: E402
 from asr_server.config import Config  # noqa: E402
+from asr_server.engine.audio_decoding import decode_wav  # noqa: E402
 from tests.harness import (  # noqa: E402
     REPO,
     Clip,
@@ -213,8 +213,8 @@ def openai_contestant(clips: list[Clip], beam: int) -> Work:
 
 def engine_contestant(clips: list[Clip], beam: int) -> Work:
     """The server's own engine in-process: what the server costs on top of it is its overhead."""
-    from asr_server.engine import Engine, EngineSettings
-    from asr_server.protocol import TranscribeOptions
+    from asr_server.contract.domain import TranscribeOptions
+    from asr_server.engine.transcriber import Engine, EngineSettings
 
     engine = Engine(EngineSettings(Config().model_path, "cpu", THREADS, beam))
     samples = {c.path: decode_wav(c.path.read_bytes(), 1e9).samples for c in clips}
@@ -470,7 +470,7 @@ def memory_table(memory: list[MemoryRun]) -> list[str]:
 def cpu_note() -> str:
     import torch
 
-    from asr_server.loading import native_bf16_flags, resolve_dtype
+    from asr_server.engine.model_loading import native_bf16_flags, resolve_dtype
 
     flags = native_bf16_flags()
     dtype = str(resolve_dtype(Config().dtype, torch.device("cpu"), flags)).removeprefix("torch.")

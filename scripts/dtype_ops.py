@@ -21,7 +21,7 @@ assert OPENMP_DEFAULTS
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from asr_server.loading import native_bf16_flags  # noqa: E402
+from asr_server.engine.model_loading import native_bf16_flags  # noqa: E402
 
 # name, rows, outputs, inputs, repeats
 LINEARS = (("decoder MLP linear, 1 row", 1, 2048, 512, 200),

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asr_server.audio import decode_wav
 from asr_server.config import DTYPE_SETTINGS, Config
+from asr_server.engine.audio_decoding import decode_wav
 from tests.harness import (
     REPO,
     Clip,

@@ -1,4 +1,4 @@
-"""atheris harness for the metadata frame: parse_metadata, KeyRing.allows, parse_transcribe.
+"""atheris harness for the metadata frame: parse_metadata, the key ring, parse_transcribe.
 
 Only ``AsrError`` may leave the parsers; any other exception, or a parsed request
 that breaks the contract (the ``assert``s below), escapes TestOneInput and
@@ -24,8 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fuzz_runner import main
 
 with instrument_imports(include=["asr_server"]):
-    from asr_server.errors import AsrError
-    from asr_server.protocol import SUPPORTED_LANGUAGES, TASKS, KeyRing, parse_metadata, parse_transcribe
+    from asr_server.admission import KeyRing
+    from asr_server.contract.domain import SUPPORTED_LANGUAGES, TASKS
+    from asr_server.contract.errors import AsrError
+    from asr_server.contract.frames import api_key, parse_metadata, parse_transcribe
 
 KEYS = ("k1", "k2")
 KEYRING = KeyRing(KEYS)
@@ -39,7 +41,7 @@ def check_frame(frame: str | bytes) -> None:
         return
     assert isinstance(obj, dict) and obj.get("type") in ("transcribe", "ping"), obj
     key = obj.get("api_key")
-    assert KEYRING.allows(obj) is (isinstance(key, str) and key in KEYS), key
+    assert KEYRING.allows(api_key(obj)) is (isinstance(key, str) and key in KEYS), key
     if obj["type"] == "ping":
         return
     try:

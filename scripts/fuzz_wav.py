@@ -28,8 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fuzz_runner import main
 
 with instrument_imports(include=["asr_server"]):
-    from asr_server.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, TARGET_RATE, DecodedAudio, decode_wav
-    from asr_server.errors import AsrError
+    from asr_server.contract.errors import AsrError
+    from asr_server.engine.audio_decoding import (
+        MAX_CHANNELS,
+        MAX_RATE,
+        MIN_RATE,
+        TARGET_RATE,
+        DecodedAudio,
+        decode_wav,
+    )
 
 MAX_SECONDS = 600.0
 

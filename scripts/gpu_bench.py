@@ -27,9 +27,9 @@ from whisper.decoding import DecodingOptions, DecodingTask
 from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import get_tokenizer
 
-from asr_server import forward
-from asr_server.loading import DTYPES, hold_in
-from asr_server.search import Rules, SearchSpec, WindowSearch, advance_all
+from asr_server.engine import forward
+from asr_server.engine.model_loading import DTYPES, hold_in
+from asr_server.engine.search import Rules, SearchSpec, WindowSearch, advance_all
 
 SHAPES = {
     "large-v3": ModelDimensions(128, 1500, 1280, 20, 32, 51866, 448, 1280, 20, 32),
@@ -108,7 +108,7 @@ def main() -> int:
     lines = [f"Random weights, {args.tokens}-token decode (end-of-text suppressed), beam {args.beam}, "
              f"on {where}, torch {torch.__version__}; openai-whisper as it runs itself (float32 weights, "
              f"{'float16 activations, its weights cast on every op' if fp16 else 'float32'}), ours with the "
-             f"weights held in {str(dtype).removeprefix('torch.')} (asr_server/loading.py); "
+             f"weights held in {str(dtype).removeprefix('torch.')} (asr_server/engine/model_loading.py); "
              f"median of {args.repeats} per batch, encoder included.", "",
              "| model | batch | openai-whisper ms | ours ms | speed-up | ours clips/s |",
              "|---|---|---|---|---|---|"]

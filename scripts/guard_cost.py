@@ -1,4 +1,4 @@
-"""What the post-processing guard costs on long transcripts: the quadratic reference vs the banded guard.
+"""What the reply judge costs on long transcripts: the quadratic reference beside the judge as it is now.
 
 Transcripts of 500, 1,500, 4,500 (about 30 minutes of speech) and 18,000 words
 are built from the eval references in ../shared/eval/manifest.jsonl, cycled;
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asr_server.guard import (  # the unchanged helpers the reference shares with the guard
+from asr_server.postprocess.reply_judge import (  # the unchanged helpers the reference shares with the guard
     _PREAMBLE,
     _QUOTES,
     GuardLimits,
@@ -149,7 +149,7 @@ async def loop_stall(source: str, reply: str) -> float:
     return longest
 
 
-Row = tuple[int, float, str, float, str, float, int, int]
+Row = tuple[int, float, str, float, str, float, float, int]
 
 
 def measure(size: int, sentences: list[str], rng: random.Random, with_reference: bool) -> Row:
@@ -161,9 +161,9 @@ def measure(size: int, sentences: list[str], rng: random.Random, with_reference:
     old_s, old_verdict = (timed(reference_judge_correction, source, reply, repeat=1)
                           if with_reference else (float("nan"), "not run"))
     print(f"{words} words: reference {old_s:.3f} s ({old_verdict}), guard {new_s:.3f} s ({new_verdict}), "
-          f"loop stall {stall * 1000:.1f} ms, {work.word_cells} word cells, "
+          f"loop stall {stall * 1000:.1f} ms, drift {work.drift_words:.1f} words, "
           f"{work.word_edits} edits, similarity {work.char_similarity:.3f}", flush=True)
-    return words, old_s, old_verdict, new_s, new_verdict, stall, work.word_cells, work.char_cells
+    return words, old_s, old_verdict, new_s, new_verdict, stall, work.drift_words, work.char_cells
 
 
 def render(rows: list[Row], day: datetime.date) -> list[str]:
@@ -175,22 +175,23 @@ def render(rows: list[Row], day: datetime.date) -> list[str]:
         "reply flips a case, adds or drops a comma and respells one word in every sentence.",
         "",
         "| words | before: time, verdict | now: time, verdict | now: longest event-loop stall "
-        "| now: word cells | now: char cells |",
+        "| now: drift (words) | now: char cells |",
         "|---|---|---|---|---|---|",
     ]
-    for words, old_s, old_verdict, new_s, new_verdict, stall, cells, chars in rows:
+    for words, old_s, old_verdict, new_s, new_verdict, stall, drift, chars in rows:
         lines.append(f"| {words:,} | {old_s:.2f} s, {short(old_verdict)} "
                      f"| {new_s:.3f} s, {short(new_verdict)} | {stall * 1000:.1f} ms "
-                     f"| {cells:,} | {chars:,} |")
+                     f"| {drift:.1f} | {chars:,} |")
     return [*lines, "", *EXPLANATION]
 
 
 EXPLANATION = [
     "\"Before\" is the guard as it was (a whole word Levenshtein table and difflib on the whole "
     "text, on the event loop, so the loop stalled for all of its time); its time grows at least with "
-    "the square of the length. \"Now\" fills a fixed-width band of the word table and compares "
-    "characters chunk by chunk, so its time, word cells and char cells (the most its chunk "
-    "comparisons can cost) grow in step with the words. It runs in a thread, so the loop is held "
+    "the square of the length. \"Now\" aligns the words with RapidFuzz (C++, bit-parallel), refuses "
+    "an alignment that drifts over 16 words from the proportional diagonal (a cut or a padding), and "
+    "compares characters chunk by chunk, so its char cells (the most its chunk comparisons can cost) "
+    "grow in step with the words. It runs in a thread, so the loop is held "
     "only in slices (the stall column: the longest gap between the ticks of a 1 ms timer on the loop "
     "while the guard runs, the best of 3 runs; other processes share this CPU, so it is noisy).",
     "",

@@ -27,10 +27,10 @@ SETTINGS = {
 
 MEASURE = """
 import time, torch, whisper
-from asr_server.audio import decode_wav
+from asr_server.engine.audio_decoding import decode_wav
 from asr_server.config import Config
-from asr_server.engine import Engine, EngineSettings
-from asr_server.protocol import TranscribeOptions
+from asr_server.engine.transcriber import Engine, EngineSettings
+from asr_server.contract.frames import TranscribeOptions
 from tests.harness import load_manifest
 engine = Engine(EngineSettings(Config().model_path, "cpu", threads=2, beam_size=5, vad=False))
 model = engine.model

@@ -291,7 +291,7 @@ def reference_result(model: Any, samples: np.ndarray, language: str | None, beam
     import torch
     import whisper
 
-    from asr_server.windows import BEST_OF, TEMPERATURES
+    from asr_server.engine.transcribe_state import BEST_OF, TEMPERATURES
 
     cache_key = (key, language, beam_size, task, prompt)
     if key is not None and cache_key in _REFERENCE_RESULTS:

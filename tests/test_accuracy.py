@@ -10,8 +10,8 @@ from collections import defaultdict
 
 import pytest
 
-from asr_server.audio import decode_wav
 from asr_server.config import Config
+from asr_server.engine.audio_decoding import decode_wav
 from tests.harness import (
     ServerProcess,
     load_manifest,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr_server.audio import TARGET_RATE, decode_wav
-from asr_server.errors import AudioTooLong, InvalidAudio
+from asr_server.contract.errors import AudioTooLong, InvalidAudio
+from asr_server.engine.audio_decoding import TARGET_RATE, decode_wav
 from tests.harness import wav_bytes
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr_server.audio import decode_audio, decode_wav
-from asr_server.errors import AudioTooLong, InvalidAudio
+from asr_server.contract.errors import AudioTooLong, InvalidAudio
+from asr_server.engine.audio_decoding import decode_audio, decode_wav
 from tests import harness
 from tests.codecs import ENCODINGS, SOUNDFILE_ENCODINGS, encode
 

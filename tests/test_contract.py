@@ -10,7 +10,7 @@ import numpy as np
 import soundfile as sf
 from websockets.sync.client import connect
 
-from asr_server.protocol import SUPPORTED_LANGUAGES
+from asr_server.contract.domain import SUPPORTED_LANGUAGES
 from tests.harness import EVAL_DIR, ServerProcess, wait_until, wav_bytes
 
 from .conftest import KEYS, STRICT_MAX_BYTES, STRICT_MAX_SECONDS, Exchange, exchange, request

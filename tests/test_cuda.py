@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asr_server.audio import decode_wav
 from asr_server.config import Config
-from asr_server.engine import Engine, EngineSettings
-from asr_server.protocol import TranscribeOptions, Transcription
+from asr_server.contract.domain import TranscribeOptions, Transcription
+from asr_server.engine.audio_decoding import decode_wav
+from asr_server.engine.transcriber import Engine, EngineSettings
 from tests.harness import load_manifest, normalise
 
 pytestmark = pytest.mark.requires_cuda

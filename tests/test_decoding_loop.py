@@ -20,22 +20,22 @@ import pytest
 import torch
 import whisper
 
-from asr_server import forward
-from asr_server.audio import decode_wav
 from asr_server.config import Config
-from asr_server.decoding_loop import DecodingLoop, mel_of
-from asr_server.engine import Engine, EngineSettings, ListedRequest, join_sentences
-from asr_server.protocol import Segment, TranscribeOptions, Transcription
-from asr_server.vad import SpeechDetector, SpeechRegion
-from asr_server.windows import (
+from asr_server.contract.domain import Segment, TranscribeOptions, Transcription
+from asr_server.engine import forward
+from asr_server.engine.audio_decoding import decode_wav
+from asr_server.engine.decoding_loop import DecodingLoop, mel_of
+from asr_server.engine.transcribe_state import (
     COMPRESSION_RATIO_THRESHOLD,
     LOGPROB_THRESHOLD,
     NO_SPEECH_THRESHOLD,
     RequestWindows,
 )
-from asr_server.windows import (
+from asr_server.engine.transcribe_state import (
     WINDOW_FRAMES as N_FRAMES,
 )
+from asr_server.engine.transcriber import Engine, EngineSettings, ListedRequest, join_sentences
+from asr_server.engine.vad import SpeechDetector, SpeechRegion
 from tests.harness import EVAL_DIR, Clip, ServerProcess, load_manifest, reference_result
 from tests.test_accuracy import SUBSET as ACCURACY_SUBSET
 

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from asr_server import forward, loading
-from asr_server.audio import decode_wav
 from asr_server.config import Config, ConfigError
-from asr_server.engine import Engine, EngineSettings
-from asr_server.loading import load_model, native_bf16_flags, resolve_dtype
-from asr_server.protocol import TranscribeOptions
+from asr_server.contract.domain import TranscribeOptions
+from asr_server.engine import forward
+from asr_server.engine import model_loading as loading
+from asr_server.engine.audio_decoding import decode_wav
+from asr_server.engine.model_loading import load_model, native_bf16_flags, resolve_dtype
+from asr_server.engine.transcriber import Engine, EngineSettings
 from tests.harness import load_manifest, normalise
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -69,7 +70,7 @@ def test_config_reads_asr_dtype_and_refuses_int8_with_another_dtype() -> None:
 
 
 def reduced_precision_engine(dtype: str, caplog: pytest.LogCaptureFixture) -> Engine:
-    with caplog.at_level(logging.INFO, logger="asr_server.engine"):
+    with caplog.at_level(logging.INFO, logger="asr_server.engine.transcriber"):
         engine = Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(),
                                        beam_size=1, vad=False, dtype=dtype))
     assert engine.dtype_name == dtype and f"holds the weights in {dtype}" in caplog.text

@@ -7,13 +7,13 @@ import pytest
 import torch
 import whisper
 
-from asr_server.audio import decode_wav
 from asr_server.config import Config
-from asr_server.engine import Engine, EngineSettings, join_sentences
-from asr_server.loading import load_model, resolve_device
-from asr_server.protocol import SUPPORTED_LANGUAGES, Segment, TranscribeOptions
-from asr_server.vad import SpeechDetector, SpeechRegion
-from asr_server.whisper_compat import restricted_language_tokenizer
+from asr_server.contract.domain import SUPPORTED_LANGUAGES, Segment, TranscribeOptions
+from asr_server.engine.audio_decoding import decode_wav
+from asr_server.engine.model_loading import load_model, resolve_device
+from asr_server.engine.transcriber import Engine, EngineSettings, join_sentences
+from asr_server.engine.vad import SpeechDetector, SpeechRegion
+from asr_server.engine.whisper_compat import restricted_language_tokenizer
 from tests.harness import load_manifest
 
 

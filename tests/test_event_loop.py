@@ -25,11 +25,12 @@ from prometheus_client import CollectorRegistry
 
 from asr_server.app import GIL_SWITCH_INTERVAL_S
 from asr_server.config import Config
+from asr_server.engine.scheduler import Scheduler
 from asr_server.metrics import Metrics, RequestOutcome
-from asr_server.postprocess import PostProcessor
-from asr_server.scheduler import Scheduler
-from asr_server.server import AsrServer
-from asr_server.sidecar import Sidecar
+from asr_server.postprocess.llm_client import PostProcessor
+from asr_server.service import AsrService
+from asr_server.transports.sidecar import Sidecar
+from asr_server.transports.websocket import WebSocketTransport
 from tests.echo_llm import EchoLlm
 from tests.harness import REPO, load_manifest
 
@@ -98,11 +99,11 @@ def test_pings_stay_fast_while_a_long_transcript_is_judged_and_the_full_cap_is_s
         full_label_cap(metrics)
         postprocessor = PostProcessor.from_config(config)
         scheduler = Scheduler(lambda: None, max_queue=1)  # type: ignore[arg-type,return-value]
-        server = AsrServer(config, scheduler, metrics, postprocessor)
+        server = AsrService(config, scheduler, metrics, postprocessor)
         sidecar = Sidecar(server.health, metrics.registry)
 
         async def scenario() -> tuple[list[float], list[float], list[int], str | None]:
-            ws_server = await server.listen()
+            ws_server = await WebSocketTransport(server).listen()
             port = ws_server.sockets[0].getsockname()[1]
             metrics_port = await sidecar.start("127.0.0.1", 0)
             # The clients run in a process of their own: in this one they would queue for the GIL.

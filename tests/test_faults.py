@@ -19,10 +19,11 @@ from websockets.asyncio.client import connect as async_connect
 from websockets.sync.client import connect
 
 from asr_server.config import Config
+from asr_server.engine.scheduler import Scheduler
 from asr_server.metrics import Metrics
-from asr_server.postprocess import PostProcessor
-from asr_server.scheduler import Scheduler
-from asr_server.server import AsrServer
+from asr_server.postprocess.llm_client import PostProcessor
+from asr_server.service import AsrService
+from asr_server.transports.websocket import WebSocketTransport
 from tests.harness import ServerProcess, wav_bytes
 
 from .conftest import exchange
@@ -48,8 +49,8 @@ def test_an_engine_fault_is_internal_error_and_the_server_goes_on() -> None:
         await scheduler.wait_ready()
         metrics = Metrics(CollectorRegistry(), machine_id_cap=10)
         config = Config(host="127.0.0.1", port=0)
-        server = AsrServer(config, scheduler, metrics, PostProcessor.from_config(config))
-        async with server.listen() as ws_server:
+        server = AsrService(config, scheduler, metrics, PostProcessor.from_config(config))
+        async with WebSocketTransport(server).listen() as ws_server:
             port = ws_server.sockets[0].getsockname()[1]
             url = f"ws://127.0.0.1:{port}/ws/transcribe"
             for _ in range(2):
@@ -65,7 +66,7 @@ def test_an_engine_fault_is_internal_error_and_the_server_goes_on() -> None:
                 await ws.send(json.dumps({"type": "ping"}))
                 assert json.loads(await ws.recv())["type"] == "pong"
             assert scheduler.alive and server.health()[0] == 200
-        scheduler.stop()
+        await scheduler.stop()
         failed = metrics.requests.labels("unknown", "transcribe", "internal_error")._value.get()
         assert failed == 2
         # Digital silence of 0.1 s: the fault double is called because this
@@ -77,7 +78,8 @@ def test_an_engine_fault_is_internal_error_and_the_server_goes_on() -> None:
 
 WORKER_KILLER = """
 import sys
-from asr_server import __main__ as entry, app
+from asr_server import __main__ as entry
+from asr_server import app
 
 class WorkerKillingEngine:
     '''Fault double: a fatal error escapes every request handler and ends the worker thread.'''

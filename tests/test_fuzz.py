@@ -1,7 +1,7 @@
 """Property tests (hypothesis) of the two parsers of client input: only the project's own errors come out.
 
-Owns the "hard to break" contract of ``asr_server.protocol`` (``parse_metadata``,
-``KeyRing.allows``, ``parse_transcribe``) and ``asr_server.audio.decode_wav`` for
+Owns the "hard to break" contract of ``asr_server.contract.frames`` (``parse_metadata``,
+``the key ring``, ``parse_transcribe``) and ``asr_server.engine.audio_decoding.decode_wav`` for
 *any* input: arbitrary text and bytes, JSON built from strategies, RIFF/WAVE
 files whose header fields are drawn at random, and mutations of real WAV files.
 Every input either raises an ``AsrError`` subclass or gives a result that keeps
@@ -28,17 +28,17 @@ import soundfile as sf
 from hypothesis import HealthCheck, currently_in_test_context, event, example, given, settings
 from hypothesis import strategies as st
 
-from asr_server.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, TARGET_RATE, decode_wav
-from asr_server.errors import AsrError, AudioTooLong, BadRequest, InvalidAudio, UnsupportedLanguage
-from asr_server.protocol import (
+from asr_server.admission import KeyRing
+from asr_server.contract.domain import SUPPORTED_LANGUAGES, TASKS
+from asr_server.contract.errors import AsrError, AudioTooLong, BadRequest, InvalidAudio, UnsupportedLanguage
+from asr_server.contract.frames import (
     MAX_METADATA_BYTES,
-    SUPPORTED_LANGUAGES,
-    TASKS,
-    KeyRing,
     TranscribeRequest,
+    api_key,
     parse_metadata,
     parse_transcribe,
 )
+from asr_server.engine.audio_decoding import MAX_CHANNELS, MAX_RATE, MIN_RATE, TARGET_RATE, decode_wav
 
 KEYS = ("k1", "k2")
 KEYRING = KeyRing(KEYS)
@@ -58,7 +58,7 @@ def note(outcome: str) -> None:
 # --- metadata ---------------------------------------------------------------------------------------
 
 def check_frame(frame: str | bytes) -> TranscribeRequest | AsrError | None:
-    """The server's order: parse_metadata, KeyRing.allows, parse_transcribe (not for a ping).
+    """The server's order: parse_metadata, the key ring, parse_transcribe (not for a ping).
 
     Returns the request, the AsrError raised, or None for a ping; any other
     exception fails the test.
@@ -70,7 +70,7 @@ def check_frame(frame: str | bytes) -> TranscribeRequest | AsrError | None:
         return exc
     assert isinstance(obj, dict) and obj.get("type") in ("transcribe", "ping")
     key = obj.get("api_key")
-    assert KEYRING.allows(obj) is (isinstance(key, str) and key in KEYS)
+    assert KEYRING.allows(api_key(obj)) is (isinstance(key, str) and key in KEYS)
     if obj["type"] == "ping":
         note("ping")
         return None

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from asr_server.errors import BadRequest, UnsupportedLanguage
-from asr_server.http_formats import FieldError, FormRequest, parse_form, render
-from asr_server.protocol import PostprocessOutcome, Segment, Transcription, Word
-from asr_server.windows import TEMPERATURES, temperature_schedule
+from asr_server.contract.domain import PostprocessOutcome, Segment, Transcription, Word
+from asr_server.contract.errors import BadRequest, UnsupportedLanguage
+from asr_server.contract.openai_formats import FieldError, FormRequest, parse_form, render
+from asr_server.engine.transcribe_state import TEMPERATURES, temperature_schedule
 
 SPOKEN = Transcription(
     text="Hello there. General Kenobi.",

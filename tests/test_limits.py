@@ -15,8 +15,8 @@ import soxr
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from asr_server.config import Config, ConfigError
-from asr_server.limits import AudioBudget, ConnectionLimiter, client_address, parse_networks
+from asr_server.admission import AudioBudget, ConnectionLimiter, client_address
+from asr_server.config import Config, ConfigError, parse_networks
 from tests.harness import EVAL_DIR, ServerProcess, wait_until, wav_bytes
 
 from .conftest import exchange

@@ -31,8 +31,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.select import Select
 
-from asr_server.page import content_security_policy
-from asr_server.protocol import SUPPORTED_LANGUAGES
+from asr_server.contract.domain import SUPPORTED_LANGUAGES
+from asr_server.transports.page import content_security_policy
 from tests.browser import console_log, start_chromium
 from tests.harness import REPO, Clip, ServerProcess, load_manifest, normalise, transcribe, wait_until, wer
 

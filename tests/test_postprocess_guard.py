@@ -1,9 +1,11 @@
-"""The guard: corrections pass; answers, preambles, translations, cuts and padding do not; its work is linear.
+"""The reply judge: corrections pass; answers, preambles, translations, cuts and padding do not.
 
 Fixed strings first, then long transcripts (made here from the fixed strings'
-words, seeded) for what only length shows: the band follows a reply that is
-uniformly shorter, a run cut or added in one place is refused, and the work
-done (cells counted, not time) grows in step with the words.
+words, seeded) for what only length shows: the drift allows a reply that is
+uniformly shorter, a run cut or added in one place is refused, and the
+character comparisons' work (cells counted, not time) grows in step with the
+words. The word alignment is RapidFuzz's; the edits counted from its path are
+checked against a plain dynamic programme written here.
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rapidfuzz.distance import Levenshtein
 
-from asr_server.guard import BAND_WORDS, CHUNK_WORDS, compare, judge_correction, normalise_words, strip_fence
+from asr_server.postprocess.reply_judge import (
+    MAX_DRIFT_WORDS,
+    CHUNK_WORDS,
+    compare,
+    judge_correction,
+    normalise_words,
+    strip_fence,
+)
 
 CORRECTIONS = [
     ("здравейте как сте", "Здравейте, как сте?"),
@@ -116,7 +124,7 @@ def raw(sentences: list[list[str]]) -> str:
 def test_a_long_correction_is_accepted_even_when_uniformly_shorter() -> None:
     sentences = long_transcript(3000)
     assert judge_correction(raw(sentences), " ".join(map(corrected, sentences))) is None
-    # One word dropped every ten sentences: 30 words in all, spread out; the band follows the proportion.
+    # One word dropped every ten sentences: 30 words in all, spread out; the drift follows the proportion.
     thinned = [sentence[1:] if i % 10 == 0 else sentence for i, sentence in enumerate(sentences)]
     assert judge_correction(raw(sentences), " ".join(map(corrected, thinned))) is None
 
@@ -126,12 +134,23 @@ def test_a_long_reply_that_cuts_or_adds_a_run_in_one_place_is_rejected(where: fl
     sentences = long_transcript(3000)
     reply = " ".join(map(corrected, sentences)).split()
     at = int(len(reply) * where)
-    run = 5 * BAND_WORDS  # far less than the 20% of words a correction may change in all
+    run = 5 * MAX_DRIFT_WORDS  # far less than the 20% of words a correction may change in all
     cut = " ".join(reply[:at] + reply[at + run:])
     padded = " ".join(reply[:at] + [w for s in long_transcript(run, seed=8) for w in s][:run] + reply[at:])
     for reply_text in (cut, padded):
         verdict = judge_correction(raw(sentences), reply_text)
         assert verdict is not None and "not a correction" in verdict, verdict
+
+
+def reference_word_edits(a: list[str], b: list[str]) -> int:
+    """Levenshtein distance over words, the textbook way: an independent reckoning."""
+    previous = list(range(len(b) + 1))
+    for i, word in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word != other)))
+        previous = current
+    return previous[-1]
 
 
 words = st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f"]), max_size=60)
@@ -140,7 +159,7 @@ words = st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f"]), max_size=60)
 @settings(max_examples=300, deadline=None)
 @given(words, st.lists(st.tuples(st.sampled_from(["insert", "delete", "replace"]), st.integers(0, 80),
                                  st.sampled_from(["a", "b", "x", "y"])), max_size=24))
-def test_the_banded_distance_is_exact_for_close_texts_and_never_below_the_true_one(
+def test_the_edits_are_the_true_distance_and_the_path_spans_both_texts(
         before: list[str], edits: list[tuple[str, int, str]]) -> None:
     after = list(before)
     for op, position, word in edits:
@@ -149,15 +168,25 @@ def test_the_banded_distance_is_exact_for_close_texts_and_never_below_the_true_o
             after.insert(at, word)
         elif after and at < len(after):
             after[at:at + 1] = [word] if op == "replace" else []
-    exact = Levenshtein.distance(before, after)  # RapidFuzz's full distance: an independent reckoning
-    banded = compare(before, after).word_edits
-    assert banded >= exact
-    if exact <= BAND_WORDS // 2 or max(len(before), len(after)) <= BAND_WORDS:
-        assert banded == exact
+    measured = compare(before, after)
+    assert measured.word_edits == reference_word_edits(before, after)
+    if min(len(before), len(after)) <= MAX_DRIFT_WORDS:
+        assert measured.drift_words == 0.0
+
+
+def test_the_drift_is_a_run_in_one_place_not_words_spread_out() -> None:
+    before = normalise_words(raw(long_transcript(1000)))
+    middle = len(before) // 2
+    run = 3 * MAX_DRIFT_WORDS
+    cut = compare(before, before[:middle] + before[middle + run:])
+    spread = compare(before, [w for i, w in enumerate(before) if i % (len(before) // run) != 7])
+    assert cut.word_edits == run and spread.word_edits >= run
+    assert cut.drift_words > MAX_DRIFT_WORDS  # half the run, against the proportional diagonal
+    assert spread.drift_words < 2
 
 
 @pytest.mark.parametrize("kind", ["correction", "unrelated"])
-def test_the_guard_does_work_linear_in_the_words(kind: str) -> None:
+def test_the_character_comparisons_do_work_linear_in_the_words(kind: str) -> None:
     per_word = []
     for n in (250, 1000, 4000, 16000):
         sentences = long_transcript(n)
@@ -165,10 +194,9 @@ def test_the_guard_does_work_linear_in_the_words(kind: str) -> None:
         other = long_transcript(n, seed=9) if kind == "unrelated" else sentences
         after = normalise_words(" ".join(map(corrected, other)))
         work = compare(before, after)
-        # What the code may do at most: a fixed band per row, and chunks of at most 2 * CHUNK_WORDS words.
+        # What the code may do at most: chunks of at most 2 * CHUNK_WORDS words.
         longest_word = max(map(len, before + after))
-        assert work.word_cells <= (2 * BAND_WORDS + 1) * (max(len(before), len(after)) + 1)
         assert work.char_cells <= 2 * CHUNK_WORDS * longest_word * len("".join(before))
-        per_word.append((work.word_cells + work.char_cells) / len(before))
+        per_word.append(work.char_cells / len(before))
     # 64 times the words: quadratic work would be 64 times as much per word; this stays flat.
     assert max(per_word) <= 1.25 * min(per_word), per_word

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from asr_server import protocol
-from asr_server.errors import ALL_ERRORS, BadRequest, UnsupportedLanguage
-from asr_server.protocol import KeyRing, PostprocessOutcome, Segment, Transcription, Word
+from asr_server.admission import KeyRing
+from asr_server.contract import frames as protocol
+from asr_server.contract.domain import SUPPORTED_LANGUAGES, PostprocessOutcome, Segment, Transcription, Word
+from asr_server.contract.errors import ALL_ERRORS, BadRequest, UnsupportedLanguage
 
 
 def meta(**fields: object) -> str:
@@ -46,8 +47,8 @@ def test_unsupported_language(language: str) -> None:
 
 
 def test_all_25_languages_are_supported() -> None:
-    assert len(protocol.SUPPORTED_LANGUAGES) == 25
-    for code in protocol.SUPPORTED_LANGUAGES:
+    assert len(SUPPORTED_LANGUAGES) == 25
+    for code in SUPPORTED_LANGUAGES:
         assert protocol.parse_transcribe({"type": "transcribe", "language": code}).language == code
 
 
@@ -113,15 +114,16 @@ def test_ping_needs_nothing_else() -> None:
 
 def test_keyring_accepts_any_listed_key_only() -> None:
     ring = KeyRing(("old-key", "new-key"))
-    assert ring.allows({"api_key": "old-key"}) and ring.allows({"api_key": "new-key"})
+    assert ring.allows(protocol.api_key({"api_key": "old-key"}))
+    assert ring.allows(protocol.api_key({"api_key": "new-key"}))
     for wrong in ({"api_key": "new-ke"}, {"api_key": ""}, {}, {"api_key": None}, {"api_key": ["new-key"]},
                   {"api_key": "new-key\u0000"}, {"api_key": "\udcff"}):
-        assert not ring.allows(wrong)
+        assert not ring.allows(protocol.api_key(wrong))
     assert "new-key" not in repr(ring)
 
 
 def test_keyring_without_keys_allows_all() -> None:
-    assert KeyRing(()).allows({}) and not KeyRing(()).required
+    assert KeyRing(()).allows(None) and not KeyRing(()).required
 
 
 def test_result_frame_has_every_field_with_its_type() -> None:

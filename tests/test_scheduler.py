@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from asr_server.errors import InternalError, Overloaded
-from asr_server.protocol import TranscribeOptions, Transcription
-from asr_server.scheduler import Scheduler
+from asr_server.contract.domain import TranscribeOptions, Transcription
+from asr_server.contract.errors import InternalError, Overloaded
+from asr_server.engine.job import Speech
+from asr_server.engine.scheduler import Scheduler
+from asr_server.engine.vad import GateCancelled, SpeechRegion
 from tests.harness import wait_until_async
 
 OPTIONS = TranscribeOptions("en", "transcribe")
@@ -93,7 +95,7 @@ def test_runs_one_at_a_time_in_order() -> None:
         assert [r.text for r in results] == [str(float(i)) for i in range(5)]
         assert engine.calls == [0.0, 1.0, 2.0, 3.0, 4.0]
         assert batches == [1, 1, 1, 1, 1]  # each pass is counted with its size
-        scheduler.stop()
+        await scheduler.stop()
         assert not scheduler.alive
 
     asyncio.run(scenario())
@@ -110,7 +112,7 @@ def test_full_queue_answers_overloaded_at_once() -> None:
         engine.gate.set()
         await asyncio.gather(running, *waiting)
         assert engine.calls == [1.0, 2.0, 3.0]
-        scheduler.stop()
+        await scheduler.stop()
 
     asyncio.run(scenario())
 
@@ -127,7 +129,7 @@ def test_a_cancelled_request_never_reaches_the_model() -> None:
         engine.gate.set()
         await asyncio.gather(running, kept)
         assert engine.calls == [1.0, 3.0]
-        scheduler.stop()
+        await scheduler.stop()
 
     asyncio.run(scenario())
 
@@ -149,7 +151,7 @@ def test_a_cancelled_request_frees_its_place_at_once() -> None:
         assert (await kept).text == "4.0"
         await running
         assert engine.calls == [1.0, 4.0]
-        scheduler.stop()
+        await scheduler.stop()
 
     asyncio.run(scenario())
 
@@ -163,7 +165,7 @@ def test_an_engine_failure_reaches_only_its_caller() -> None:
             await scheduler.submit(audio(-1), OPTIONS)
         assert (await scheduler.submit(audio(5), OPTIONS)).text == "5.0"
         assert scheduler.alive
-        scheduler.stop()
+        await scheduler.stop()
 
     asyncio.run(scenario())
 
@@ -183,7 +185,7 @@ def test_before_the_model_loads_requests_are_overloaded() -> None:
         loaded.set()
         await scheduler.wait_ready()
         assert scheduler.ready
-        scheduler.stop()
+        await scheduler.stop()
 
     asyncio.run(scenario())
 
@@ -209,7 +211,7 @@ def test_after_stop_requests_are_refused() -> None:
         scheduler, engine = make(max_queue=4)
         engine.gate.set()
         await scheduler.wait_ready()
-        scheduler.stop()
+        await scheduler.stop()
         with pytest.raises(InternalError):
             await scheduler.submit(audio(1), OPTIONS)
 
@@ -232,7 +234,7 @@ def test_a_request_that_waited_past_the_deadline_is_overloaded() -> None:
         with pytest.raises(Overloaded, match="waited"):
             await late
         assert engine.calls == [1.0]
-        scheduler.stop()
+        await scheduler.stop()
 
     asyncio.run(scenario())
 
@@ -276,13 +278,13 @@ class SpeechGatedStandInEngine(GatedStandInEngine):
         self.handed: list[Any] = []
         self.gate.set()
 
-    def speech_regions(self, samples: np.ndarray) -> list[float]:
+    def speech(self, samples: np.ndarray, cancelled: threading.Event | None = None) -> Speech:
         self.gate_threads.append(threading.current_thread().name)
-        return [float(samples[0])]
+        return Speech(checked=True, regions=[SpeechRegion(0.0, float(samples[0]))])
 
     def serve(self, source: Any, capacity: int, observe_pass: Callable[[int], None]) -> None:
         while (job := source.next(block=True)) is not None:
-            self.handed.append(job.speech)
+            self.handed.append(job.speech.regions[0].end)
             job.settle(Transcription(text="", segments=(), language="en"), None)
 
 
@@ -293,9 +295,9 @@ def test_the_speech_gate_runs_off_the_worker_before_the_queue() -> None:
         scheduler.start()
         await scheduler.wait_ready()
         await asyncio.gather(*(scheduler.submit(audio(m), OPTIONS) for m in (1, 2)))
-        assert sorted(engine.handed) == [[1.0], [2.0]]
+        assert sorted(engine.handed) == [1.0, 2.0]
         assert set(engine.gate_threads) == {"asr-vad_0"}  # its own thread: not the worker, not the loop
-        scheduler.stop()
+        await scheduler.stop()
 
     asyncio.run(scenario())
 
@@ -365,7 +367,7 @@ def test_a_continuous_engine_takes_each_request_as_soon_as_a_place_is_free() -> 
         for marker in (1, 3, 4):
             engine.let_go(marker)
         assert [(await t).text for t in tasks] == ["1.0", "2.0", "3.0", "4.0"]
-        scheduler.stop()
+        await scheduler.stop()
         assert not scheduler.alive
 
     asyncio.run(scenario())
@@ -388,7 +390,7 @@ def test_a_continuous_engine_gets_no_request_that_waited_past_the_deadline() -> 
         engine.let_go(4)
         assert [(await t).text for t in (*held, fresh)] == ["1.0", "2.0", "4.0"]
         assert engine.calls == [1.0, 2.0, 4.0]
-        scheduler.stop()
+        await scheduler.stop()
 
     asyncio.run(scenario())
 
@@ -400,9 +402,9 @@ class SlowGateStandInEngine(SpeechGatedStandInEngine):
         super().__init__()
         self.gate_open = threading.Event()
 
-    def speech_regions(self, samples: np.ndarray) -> list[float]:
+    def speech(self, samples: np.ndarray, cancelled: threading.Event | None = None) -> Speech:
         self.gate_open.wait(10)
-        return super().speech_regions(samples)
+        return super().speech(samples, cancelled)
 
 
 def test_requests_at_the_speech_gate_count_toward_the_queue() -> None:
@@ -418,7 +420,75 @@ def test_requests_at_the_speech_gate_count_toward_the_queue() -> None:
             await scheduler.submit(audio(3), OPTIONS)
         engine.gate_open.set()
         await asyncio.gather(*held)
-        assert scheduler.depth == 0 and sorted(engine.handed) == [[1.0], [2.0]]
-        scheduler.stop()
+        assert scheduler.depth == 0 and sorted(engine.handed) == [1.0, 2.0]
+        await scheduler.stop()
 
     asyncio.run(scenario())
+
+
+class BlockwiseGateStandInEngine(SpeechGatedStandInEngine):
+    """Stand-in whose speech gate works in blocks, as silero's does, and stops once cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_gate = threading.Event()
+        self.blocks_run = 0
+        self.cancel_seen = threading.Event()
+
+    def speech(self, samples: np.ndarray, cancelled: threading.Event | None = None) -> Speech:
+        assert cancelled is not None
+        self.in_gate.set()
+        for _ in range(1000):  # a long recording's blocks
+            if cancelled.wait(0.01):
+                self.cancel_seen.set()
+                raise GateCancelled("cancelled")
+            self.blocks_run += 1
+        return super().speech(samples, cancelled)
+
+
+def test_a_cancelled_request_stops_its_speech_gate_and_frees_it() -> None:
+    """A caller that leaves while its gate runs stops the gate at its next block: the next request's
+    gate then runs at once, not after the first one's whole recording."""
+    async def scenario() -> None:
+        engine = BlockwiseGateStandInEngine()
+        scheduler = Scheduler(lambda: engine, max_queue=4)
+        scheduler.start()
+        await scheduler.wait_ready()
+        leaving = asyncio.create_task(scheduler.submit(audio(1), OPTIONS))
+        assert await asyncio.to_thread(engine.in_gate.wait, 10)
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        assert await asyncio.to_thread(engine.cancel_seen.wait, 10)
+        assert engine.blocks_run < 1000
+        assert scheduler.depth == 0
+        engine.in_gate.clear()
+        engine.blocks_run = 0
+        # The next request's gate is not held behind the first one's remaining blocks.
+        next_one = asyncio.create_task(scheduler.submit(audio(2), OPTIONS))
+        await asyncio.wait_for(next_one, 30)
+        assert engine.handed == [2.0] and engine.blocks_run == 1000
+        await scheduler.stop()
+
+    asyncio.run(scenario())
+
+
+def test_stop_leaves_the_event_loop_serving() -> None:
+    """``stop`` waits for the worker off the event loop: other tasks run while it joins."""
+    async def scenario() -> None:
+        scheduler, engine = make(max_queue=4)
+        await scheduler.wait_ready()
+        running = asyncio.create_task(scheduler.submit(audio(1), OPTIONS))
+        await started(engine)
+        stopping = asyncio.create_task(scheduler.stop(timeout_s=10))
+        ticks = 0
+        while not stopping.done() and ticks < 5:
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 5 and not stopping.done()  # the loop ran while the worker was still held
+        engine.gate.set()
+        await stopping
+        assert (await running).text == "1.0" and not scheduler.alive
+
+    asyncio.run(scenario())
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from asr_server.search import SearchSpec, WindowResult, top_k
+from asr_server.engine.search import SearchSpec, WindowResult, top_k
 
 
 def test_top_k_finds_what_topk_finds() -> None:

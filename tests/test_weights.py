@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from asr_server import ct2_convert, weights
-from asr_server.audio import decode_wav
 from asr_server.config import Config
-from asr_server.ct2_convert import ConversionError
-from asr_server.weights import PinnedModel, PinnedWheel
+from asr_server.engine.audio_decoding import decode_wav
+from asr_tools import ct2_convert
+from asr_tools import fetch_weights as weights
+from asr_tools.ct2_convert import ConversionError
+from asr_tools.fetch_weights import PinnedModel, PinnedWheel
 from tests.harness import EVAL_DIR
 
 CHECKPOINT = Config().model_path
@@ -135,7 +136,7 @@ def test_greedy_tokens_match_ctranslate2_in_five_languages() -> None:
     from faster_whisper import WhisperModel
     from whisper.tokenizer import get_tokenizer
 
-    from asr_server.loading import load_model
+    from asr_server.engine.model_loading import load_model
 
     ours = load_model(CHECKPOINT, torch.device("cpu"))
     theirs = WhisperModel(str(CT2_DIR), device="cpu", compute_type="float32", cpu_threads=2).model

@@ -7,11 +7,11 @@ import pytest
 import torch
 import whisper
 
-from asr_server.audio import decode_wav
 from asr_server.config import Config
-from asr_server.engine import Engine, EngineSettings
-from asr_server.protocol import TranscribeOptions
-from asr_server.windows import BEST_OF, TEMPERATURES
+from asr_server.contract.domain import TranscribeOptions
+from asr_server.engine.audio_decoding import decode_wav
+from asr_server.engine.transcribe_state import BEST_OF, TEMPERATURES
+from asr_server.engine.transcriber import Engine, EngineSettings
 from tests.harness import load_manifest
 
 

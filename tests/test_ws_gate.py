@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
-from asr_server.ws_gate import FrameScanner, Piece
+from asr_server.transports.websocket_gate import FrameScanner, Piece
 
 
 def wire(*frames: Frame) -> bytes:

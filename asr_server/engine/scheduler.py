@@ -14,7 +14,8 @@ held or that waits hears so instead of waiting forever.
 
 An engine with a speech gate (``GatedTranscriber``: the VAD, onnxruntime, no
 torch) has it run here, in a thread of its own, before the request is queued:
-a 30-minute upload's VAD then holds up no one else's decoding. A request at
+a 30-minute upload's VAD then holds up no one else's decoding, and a caller
+that leaves while its gate runs stops it at the gate's next block. A request at
 the gate, or waiting for it, counts toward the queue's bound and its depth,
 and its wait there toward its deadline.
 """
@@ -32,8 +33,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from asr_server.errors import InternalError, Overloaded
-from asr_server.protocol import Segment, TranscribeOptions, Transcription
+from asr_server.contract.domain import Segment, TranscribeOptions, Transcription
+from asr_server.contract.errors import InternalError, Overloaded
+from asr_server.engine.job import UNCHECKED, Speech
 
 
 class Transcriber(Protocol):
@@ -44,12 +46,10 @@ class Transcriber(Protocol):
 
 @runtime_checkable
 class GatedTranscriber(Transcriber, Protocol):
-    def speech_regions(self, samples: np.ndarray) -> Any:
-        """Where the speech is (any thread may call it), handed to the engine with the request."""
+    def speech(self, samples: np.ndarray, cancelled: threading.Event | None = None) -> Speech:
+        """Where the speech is (any thread may call it), handed to the engine with the request;
+        it stops early (raising) once ``cancelled`` is set."""
         ...
-
-
-NOT_CHECKED = object()  # a job whose speech gate has not run (the engine runs it, then)
 
 
 @dataclass(eq=False)
@@ -59,7 +59,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Transcription]
     enqueued: float = field(default_factory=time.monotonic)
-    speech: Any = NOT_CHECKED
+    speech: Speech = UNCHECKED
     listener: Callable[[list[Segment]], None] | None = None  # called on the event loop
 
     @property
@@ -154,8 +154,12 @@ class Scheduler:
         if isinstance(self.engine, GatedTranscriber):
             self._refuse_if_full()  # before the gate's work, not only after it
             self._gating += 1
+            cancelled = threading.Event()
             try:
-                job.speech = await loop.run_in_executor(self._gate, self.engine.speech_regions, samples)
+                job.speech = await loop.run_in_executor(self._gate, self.engine.speech, samples, cancelled)
+            except asyncio.CancelledError:
+                cancelled.set()  # not started: the executor drops it; running: it stops at its next block
+                raise
             finally:
                 self._gating -= 1
         with self._changed:
@@ -180,14 +184,14 @@ class Scheduler:
     def _full(self) -> Overloaded:
         return Overloaded(f"{self._max_queue} requests are already waiting; try again shortly")
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Let queued work finish, then end the worker."""
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Let queued work finish, then end the worker; the event loop goes on serving meanwhile."""
         with self._changed:
             self._stopping = True
             self._changed.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
         self._gate.shutdown(wait=False)
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join, timeout_s)
 
     def _run(self) -> None:
         try:

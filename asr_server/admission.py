@@ -14,16 +14,12 @@
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_networks(text: str) -> tuple[Network, ...]:
-    """``TRUSTED_PROXIES``: comma-separated addresses or CIDR networks; raises ValueError."""
-    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
+from asr_server.config import Network
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -119,3 +115,29 @@ class Allowance:
     def release(self) -> None:
         self._budget.held_bytes -= self.held
         self.held = 0
+
+
+class KeyRing:
+    """The accepted API keys; several at once so keys can be rotated."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self._keys = tuple(k.encode("utf-8") for k in keys)
+
+    @property
+    def required(self) -> bool:
+        return bool(self._keys)
+
+    def allows(self, candidate: object) -> bool:
+        """Constant-time check of one key as given; every key is compared, match or not."""
+        if not self._keys:
+            return True
+        if not isinstance(candidate, str):
+            return False
+        given = candidate.encode("utf-8", "surrogatepass")
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(given, key)
+        return matched
+
+    def __repr__(self) -> str:
+        return f"KeyRing({len(self._keys)} keys)"

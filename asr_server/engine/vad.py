@@ -8,16 +8,26 @@ silero's streaming model takes one 32 ms frame per call, a Python loop of
 hundreds of calls per clip. Its *sequence* model (same package, ONNX) takes
 up to 16 s of frames in one call with the same per-frame probabilities and
 the same regions, in about a quarter of the time, and holds no state between
-calls: any thread may call it.
+calls: any thread may call it. A long recording takes one call per 16 s
+block, and ``speech_regions`` stops between blocks once its caller has
+cancelled it (``GateCancelled``), so a client that leaves frees the gate.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 SAMPLE_RATE = 16_000
+
+
+class GateCancelled(Exception):
+    """The caller of ``speech_regions`` cancelled it; the remaining blocks were not run."""
 
 
 @dataclass(frozen=True)
@@ -50,10 +60,18 @@ class SpeechDetector:
         self._timestamps = get_speech_timestamps_sequence
         self.options = options
 
-    def speech_regions(self, samples: np.ndarray) -> list[SpeechRegion]:
+    def speech_regions(self, samples: np.ndarray, cancelled: threading.Event | None = None
+                       ) -> list[SpeechRegion]:
+        """The regions of speech; once ``cancelled`` is set, ``GateCancelled`` at the next block."""
+        model = self._model
+        if cancelled is not None:
+            # silero's sequence model runs its blocks through ``session.run``: a copy of the model
+            # whose session checks the event first stops between blocks, and shares the weights.
+            model = copy.copy(model)
+            model.session = _CancellableSession(model.session, cancelled)
         stamps = self._timestamps(
             samples,
-            self._model,
+            model,
             threshold=self.options.threshold,
             sampling_rate=SAMPLE_RATE,
             min_speech_duration_ms=self.options.min_speech_ms,
@@ -63,6 +81,19 @@ class SpeechDetector:
         return [SpeechRegion(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
 
 
-def overlaps_speech(start: float, end: float, regions: list[SpeechRegion]) -> bool:
+class _CancellableSession:
+    """An onnxruntime session that refuses the next run once its event is set."""
+
+    def __init__(self, session: Any, cancelled: threading.Event) -> None:
+        self._session = session
+        self._cancelled = cancelled
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        if self._cancelled.is_set():
+            raise GateCancelled("the speech gate's caller has gone")
+        return self._session.run(*args, **kwargs)
+
+
+def overlaps_speech(start: float, end: float, regions: Sequence[SpeechRegion]) -> bool:
     """Whether [start, end] touches any speech region."""
     return any(r.start < end and start < r.end for r in regions)

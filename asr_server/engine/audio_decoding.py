@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from asr_server.errors import AudioTooLong, InvalidAudio
+from asr_server.contract.errors import AudioTooLong, InvalidAudio
 
 TARGET_RATE = 16_000
 MIN_RATE = 8_000

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from asr_server.ct2_convert import Checkpoint, ConversionError, convert, read_ctranslate2
+from asr_server.config import MODELS_DIR
+from asr_tools.ct2_convert import Checkpoint, ConversionError, convert, read_ctranslate2
 
 log = logging.getLogger(__name__)
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 @dataclass(frozen=True)

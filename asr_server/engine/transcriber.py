@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,12 +25,18 @@ import torch
 import whisper
 from whisper.tokenizer import TO_LANGUAGE_CODE
 
-from asr_server.decoding_loop import DecodingLoop, Source, mel_of
-from asr_server.loading import load_model, native_bf16_flags, quantize_int8, resolve_device, resolve_dtype
-from asr_server.protocol import Segment, TranscribeOptions, Transcription, Word
-from asr_server.scheduler import NOT_CHECKED
-from asr_server.vad import SpeechDetector, SpeechRegion, overlaps_speech
-from asr_server.windows import RequestWindows
+from asr_server.contract.domain import Segment, TranscribeOptions, Transcription, Word
+from asr_server.engine.decoding_loop import DecodingLoop, Source, mel_of
+from asr_server.engine.job import UNCHECKED, UNGATED, Job, Speech
+from asr_server.engine.model_loading import (
+    load_model,
+    native_bf16_flags,
+    quantize_int8,
+    resolve_device,
+    resolve_dtype,
+)
+from asr_server.engine.transcribe_state import RequestWindows
+from asr_server.engine.vad import SpeechDetector, overlaps_speech
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +66,8 @@ class ListedRequest:
 
     samples: np.ndarray
     options: TranscribeOptions
-    use_vad: bool = True
+    speech: Speech = UNCHECKED  # UNGATED: run the model on all of it
+    on_segments: Callable[[list[Segment]], None] | None = None
     result: Transcription | Exception | None = None
     abandoned: bool = False
 
@@ -127,7 +135,7 @@ class Engine:
         silence = np.zeros(16_000, dtype=np.float32)
         if self.vad:
             self.vad.speech_regions(silence)
-        self._run([ListedRequest(silence, TranscribeOptions("en", "transcribe"), use_vad=False)])
+        self._run([ListedRequest(silence, TranscribeOptions("en", "transcribe"), UNGATED)])
 
     def serve(self, source: Source, capacity: int, observe_pass: Callable[[int], None]) -> None:
         """The worker's life: every request from ``source``, up to ``capacity`` at once (decoding_loop.py)."""
@@ -151,16 +159,17 @@ class Engine:
         self.loop.serve(_ListSource(requests), capacity or len(requests), lambda size: None)
         return [r.result if r.result is not None else RuntimeError("no result") for r in requests]
 
-    def speech_regions(self, samples: np.ndarray) -> list[SpeechRegion] | None:
-        """The VAD's regions (None: no VAD); onnxruntime, no torch: the scheduler calls it off the worker."""
-        return self.vad.speech_regions(samples) if self.vad else None
+    def speech(self, samples: np.ndarray, cancelled: threading.Event | None = None) -> Speech:
+        """The speech gate's verdict (onnxruntime, no torch: the scheduler asks it off the worker);
+        once ``cancelled`` is set it stops at its next block (``vad.GateCancelled``)."""
+        if self.vad is None:
+            return UNGATED
+        return Speech(checked=True, regions=self.vad.speech_regions(samples, cancelled))
 
-    def _prepare(self, work: Any) -> RequestWindows | Transcription:
-        samples: np.ndarray = work.samples
-        options: TranscribeOptions = work.options
-        regions: Any = getattr(work, "speech", NOT_CHECKED)
-        if regions is NOT_CHECKED:
-            regions = self.speech_regions(samples) if getattr(work, "use_vad", True) else None
+    def _prepare(self, work: Job) -> RequestWindows | Transcription:
+        samples, options = work.samples, work.options
+        speech = work.speech if work.speech.checked else self.speech(samples)
+        regions = speech.regions
         if regions is not None and not regions:
             log.debug("VAD found no speech in %.1f s: the model is not run", len(samples) / 16_000)
             return Transcription(text="", segments=(), language=options.language or "")
@@ -169,16 +178,16 @@ class Engine:
         windows.speech_regions = regions
         return windows
 
-    def _progress(self, work: Any, windows: RequestWindows) -> None:
+    def _progress(self, work: Job, windows: RequestWindows) -> None:
         """Hand the segments that just became final to a request that listens (``on_segments``)."""
-        listener = getattr(work, "on_segments", None)
+        listener = work.on_segments
         if listener is None:
             return
         fresh, windows.reported = windows.segments[windows.reported:], len(windows.segments)
         if kept := self._kept(work, windows, fresh):
             listener(kept)
 
-    def _finish(self, work: Any, windows: RequestWindows) -> Transcription:
+    def _finish(self, work: Job, windows: RequestWindows) -> Transcription:
         segments = join_sentences(self._kept(work, windows, windows.segments))
         language = windows.language or ""
         return Transcription(
@@ -187,7 +196,7 @@ class Engine:
             language=TO_LANGUAGE_CODE.get(language, language),
         )
 
-    def _kept(self, work: Any, windows: RequestWindows, raw: list[dict[str, Any]]) -> list[Segment]:
+    def _kept(self, work: Job, windows: RequestWindows, raw: list[dict[str, Any]]) -> list[Segment]:
         """whisper's segments as the answer has them: stripped, inside the audio and the speech."""
         duration = len(work.samples) / whisper.audio.SAMPLE_RATE
         regions = windows.speech_regions

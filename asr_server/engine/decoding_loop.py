@@ -34,33 +34,31 @@ from whisper.model import Whisper
 from whisper.timing import add_word_timestamps
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
-from asr_server import forward
-from asr_server.search import Rules, WindowSearch, advance_all
-from asr_server.whisper_compat import restricted_language_tokenizer
-from asr_server.windows import APPEND_PUNCTUATIONS, BEST_OF, PREPEND_PUNCTUATIONS, RequestWindows
+from asr_server.contract.domain import Transcription
+from asr_server.engine import forward
+from asr_server.engine.job import Job
+from asr_server.engine.search import Rules, WindowSearch, advance_all
+from asr_server.engine.transcribe_state import (
+    APPEND_PUNCTUATIONS,
+    BEST_OF,
+    PREPEND_PUNCTUATIONS,
+    RequestWindows,
+)
+from asr_server.engine.whisper_compat import restricted_language_tokenizer
 
 log = logging.getLogger(__name__)
 
 
-class Work(Protocol):
-    """A request as the scheduler hands it over."""
-
-    @property
-    def abandoned(self) -> bool: ...  # its caller has gone
-
-    def settle(self, result: Any, error: BaseException | None) -> None: ...
-
-
 class Source(Protocol):
-    def next(self, block: bool) -> Work | None:
+    def next(self, block: bool) -> Job | None:
         """The next request; with ``block``, wait for one (None then means: stopped and drained)."""
         ...
 
 
 # What the engine does around the loop: audio to windows (or an answer at once), windows to an answer.
-Prepare = Callable[[Work], "RequestWindows | Any"]
-Finish = Callable[[Work, RequestWindows], Any]
-Progress = Callable[[Work, RequestWindows], None]  # after each window is final (streaming)
+Prepare = Callable[[Job], RequestWindows | Transcription]
+Finish = Callable[[Job, RequestWindows], Transcription]
+Progress = Callable[[Job, RequestWindows], None]  # after each window is final (streaming)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -70,7 +68,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 @dataclass(eq=False)
 class _Running:
-    work: Work
+    work: Job
     windows: RequestWindows
     slot: int | None = None
     search: WindowSearch | None = None
@@ -126,7 +124,7 @@ class DecodingLoop:
 
     # -- requests -------------------------------------------------------------------------------------
 
-    def _admit(self, work: Work, running: list[_Running]) -> None:
+    def _admit(self, work: Job, running: list[_Running]) -> None:
         try:
             prepared = self.prepare(work)
         except Exception as exc:  # this request's audio or options: it alone fails
@@ -137,7 +135,8 @@ class DecodingLoop:
             return
         running.append(_Running(work, prepared))
 
-    def _end(self, r: _Running, running: list[_Running], result: Any, error: BaseException | None) -> None:
+    def _end(self, r: _Running, running: list[_Running], result: Transcription | None,
+             error: BaseException | None) -> None:
         if r.slot is not None:
             self.caches.close(r.slot)
             r.slot = None

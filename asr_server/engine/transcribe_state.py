@@ -18,16 +18,16 @@ and ``hallucination_silence_threshold``, which the server never sets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from whisper.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, pad_or_trim
 from whisper.tokenizer import Tokenizer
 
-from asr_server.protocol import TranscribeOptions
-from asr_server.search import SearchSpec, WindowResult, WindowSearch
-from asr_server.vad import SpeechRegion, overlaps_speech
+from asr_server.contract.domain import TranscribeOptions
+from asr_server.engine.search import SearchSpec, WindowResult, WindowSearch
+from asr_server.engine.vad import SpeechRegion, overlaps_speech
 
 # whisper's CLI defaults: beam search or greedy, then sampling at rising temperatures
 # when a window fails the compression-ratio or log-probability checks.
@@ -76,7 +76,7 @@ class RequestWindows:
         self.temperature_index = 0
         self.temperatures = temperature_schedule(options.temperature)
         self.reported = 0  # segments already handed to the request's listener (streaming)
-        self.speech_regions: list[SpeechRegion] | None = None  # the VAD's (None: no VAD)
+        self.speech_regions: Sequence[SpeechRegion] | None = None  # the VAD's (None: no VAD)
         self.decisions: list[tuple[int, float, bool]] = []  # per window: seek, temperature, skipped
         self.unheard: list[int] = []  # seeks of windows skipped unencoded: the VAD hears nothing there
 

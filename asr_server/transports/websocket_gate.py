@@ -34,12 +34,13 @@ from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 from websockets.version import version as websockets_version
 
-from asr_server.errors import AsrError, BadRequest, InternalError, Overloaded, RequestTimeout
-from asr_server.protocol import MAX_METADATA_BYTES
+from asr_server.contract.errors import AsrError, BadRequest, InternalError, Overloaded, RequestTimeout
+from asr_server.contract.frames import MAX_METADATA_BYTES
 
 SUPPORTED_WEBSOCKETS_MAJOR = (16, 17)
 if int(websockets_version.split(".")[0]) not in SUPPORTED_WEBSOCKETS_MAJOR:
-    raise ImportError(f"asr_server.ws_gate was written for websockets {SUPPORTED_WEBSOCKETS_MAJOR}, "
+    raise ImportError(f"asr_server.transports.websocket_gate was written for websockets "
+                      f"{SUPPORTED_WEBSOCKETS_MAJOR}, "
                       f"not {websockets_version}: check GatedConnection against its connection code")
 
 DATA_OPCODES = (0x0, 0x1, 0x2)  # continuation, text, binary

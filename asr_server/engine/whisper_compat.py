@@ -16,12 +16,12 @@ from whisper.model import Whisper
 from whisper.tokenizer import LANGUAGES, Tokenizer, get_tokenizer
 from whisper.version import __version__ as WHISPER_VERSION
 
-from asr_server.protocol import SUPPORTED_LANGUAGES
+from asr_server.contract.domain import SUPPORTED_LANGUAGES
 
 KNOWN_VERSIONS = ("20250625",)
 if WHISPER_VERSION not in KNOWN_VERSIONS:
     raise ImportError(f"asr_server is checked against openai-whisper {', '.join(KNOWN_VERSIONS)}, "
-                      f"not {WHISPER_VERSION}: see asr_server/whisper_compat.py")
+                      f"not {WHISPER_VERSION}: see asr_server/engine/whisper_compat.py")
 
 
 def restricted_language_tokenizer(model: Whisper) -> Tokenizer:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from aiohttp import BodyPartReader, web
 
-from asr_server.errors import AudioTooLarge, Overloaded
-from asr_server.http_formats import FieldError
-from asr_server.limits import Allowance
+from asr_server.admission import Allowance
+from asr_server.contract.errors import AudioTooLarge, Overloaded
+from asr_server.contract.openai_formats import FieldError
 
 MAX_FIELD_BYTES = 64 * 1024  # a text field: the WebSocket metadata's bound
 MAX_PARTS = 64

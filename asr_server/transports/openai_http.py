@@ -3,11 +3,11 @@
 The same way through as a WebSocket request, from the key to the one log
 line: the bearer key is checked (constant time) before a byte of the body is
 read; the multipart upload is read a chunk at a time under the same audio
-limits and budget (``http_upload.py``); audio beyond WAV is decoded off the
+limits and budget (``openai_upload.py``); audio beyond WAV is decoded off the
 loop (``decode_audio``);
 the same scheduler, post-processing, metrics and request log follow. Errors
 come in OpenAI's shape, with our error code as ``code``. Judging the fields and
-building the bodies, errors too, is pure (``http_formats.py``) and tested
+building the bodies, errors too, is pure (``contract/openai_formats.py``) and tested
 without sockets.
 
 With ``stream=true`` the answer is server-sent events: a
@@ -26,13 +26,20 @@ from typing import Any
 
 from aiohttp import web
 
-from asr_server import http_formats, protocol
-from asr_server.audio import decode_audio
-from asr_server.errors import AsrError, AudioTooLarge, InternalError, Overloaded, RequestTimeout, Unauthorized
-from asr_server.http_formats import error_body, parse_form
-from asr_server.http_upload import FORM_OVERHEAD_BYTES, MAX_FIELD_BYTES, read_form
-from asr_server.limits import Allowance, client_address
-from asr_server.server import CLIENT_GONE, AsrServer, RequestRecord
+from asr_server.admission import Allowance, client_address
+from asr_server.contract import openai_formats
+from asr_server.contract.domain import PostprocessOutcome, Segment, TranscribeOptions
+from asr_server.contract.errors import (
+    AsrError,
+    AudioTooLarge,
+    InternalError,
+    Overloaded,
+    RequestTimeout,
+    Unauthorized,
+)
+from asr_server.contract.openai_formats import error_body, parse_form
+from asr_server.service import CLIENT_GONE, AsrService, RequestRecord
+from asr_server.transports.openai_upload import FORM_OVERHEAD_BYTES, MAX_FIELD_BYTES, read_form
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +53,11 @@ def _error_response(error: AsrError) -> web.Response:
 
 
 class HttpApi:
-    """The aiohttp application over one ``AsrServer`` (its scheduler, limits, metrics and keys)."""
+    """The aiohttp application over one service (its scheduler, limits, metrics and keys)."""
 
-    def __init__(self, server: AsrServer, model_name: str) -> None:
-        self.server = server
-        self.config = server.config
+    def __init__(self, service: AsrService, model_name: str) -> None:
+        self.service = service
+        self.config = service.config
         self.model_name = model_name
         self.app = web.Application(client_max_size=MAX_FIELD_BYTES)  # request.post() unused: see _read_form
         self.app.add_routes([
@@ -97,12 +104,12 @@ class HttpApi:
             await self.runner.cleanup()
 
     async def health(self, request: web.Request) -> web.Response:
-        status, body = self.server.health()
+        status, body = self.service.health()
         return web.json_response(body, status=status)
 
     def _authorised(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        return self.server.keys.allows_key(token.strip() if scheme.lower() == "bearer" else None)
+        return self.service.allows(token.strip() if scheme.lower() == "bearer" else None)
 
     def _model_entry(self) -> dict[str, Any]:
         return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "asr-server"}
@@ -124,19 +131,17 @@ class HttpApi:
         return await self._handle(request, "translate")
 
     async def _handle(self, request: web.Request, task: str) -> web.StreamResponse:
-        """One request, counted and logged once whatever its outcome (as ``server.handle`` does)."""
+        """One request, counted and logged once by the service whatever its outcome."""
         record = RequestRecord(task=task)
-        server = self.server
+        service = self.service
         address = client_address(request.remote or "-", request.headers.getall("X-Forwarded-For", []),
                                  self.config.trusted_proxies)
-        if refusal := server.connections.admit(address):
+        if refusal := service.admit(address):
             record.status = Overloaded.code
-            server.record(record)
+            service.record(record)
             return _error_response(Overloaded(refusal))
-        server.metrics.inflight.inc()
-        allowance = server.audio_budget.allowance()
         try:
-            return await self._exchange(request, record, task, allowance)
+            return await self._exchange(request, record, task)
         except AsrError as err:
             record.status = err.code
             return _error_response(err)
@@ -151,13 +156,9 @@ class HttpApi:
             record.status = "internal_error"
             return _error_response(InternalError("unexpected server error"))
         finally:
-            allowance.release()
-            server.connections.release(address)
-            server.metrics.inflight.dec()
-            server.record(record)
+            service.leave(address, record)
 
-    async def _exchange(self, request: web.Request, record: RequestRecord, task: str,
-                        allowance: Allowance) -> web.StreamResponse:
+    async def _exchange(self, request: web.Request, record: RequestRecord, task: str) -> web.StreamResponse:
         if not self._authorised(request):
             raise Unauthorized("missing or wrong API key (Authorization: Bearer ...)")
         record.authenticated = True
@@ -166,8 +167,14 @@ class HttpApi:
         if (request.content_length or 0) > max_bytes + FORM_OVERHEAD_BYTES:  # refused unread
             raise AudioTooLarge(f"the upload is {request.content_length} bytes; "
                                 f"this server accepts files of at most {max_bytes} bytes")
-        if self.server.audio_budget.exhausted:
-            raise Overloaded("the server holds its limit of audio in flight; try again shortly")
+        allowance = self.service.allowance()
+        try:
+            return await self._transcribe(request, record, task, allowance, max_bytes)
+        finally:
+            allowance.release()
+
+    async def _transcribe(self, request: web.Request, record: RequestRecord, task: str,
+                          allowance: Allowance, max_bytes: int) -> web.StreamResponse:
         try:
             async with asyncio.timeout(self.config.audio_timeout_s):
                 fields, data = await read_form(request, allowance, max_bytes)
@@ -177,29 +184,26 @@ class HttpApi:
         record.audio_arrived = time.monotonic()
         form = parse_form(fields, task)
         record.language = form.language or "detect"
-        audio = await asyncio.to_thread(decode_audio, data, self.config.max_audio_seconds)
+        audio = await self.service.decode(data, record, allowance, any_format=True)
         del data
-        if not allowance.hold(audio.samples.nbytes):
-            raise Overloaded("the server holds its limit of audio in flight; try again shortly")
-        record.audio_s = audio.duration_s
-        options = protocol.TranscribeOptions(
+        options = TranscribeOptions(
             language=form.language, task=task, prompt=form.prompt, temperature=form.temperature,
             word_timestamps="word" in form.granularities and form.response_format == "verbose_json")
         if form.stream:
             return await self._stream(request, record, audio.samples, options)
-        transcription = await self.server.scheduler.submit(audio.samples, options)
+        transcription = await self.service.transcribe(audio.samples, options)
         record.language = transcription.language or record.language
-        corrected = protocol.PostprocessOutcome()
+        corrected = PostprocessOutcome()
         if form.response_format not in ("srt", "vtt"):  # subtitles keep whisper's timed text
-            corrected = await self.server.postprocess(transcription, form.postprocess, task, record)
-        content_type, body = http_formats.render(form, transcription, corrected, audio.duration_s)
+            corrected = await self.service.postprocess(transcription, form.postprocess, task, record)
+        content_type, body = openai_formats.render(form, transcription, corrected, audio.duration_s)
         return web.Response(text=body, content_type=content_type, charset="utf-8")
 
     async def _stream(self, request: web.Request, record: RequestRecord, samples: Any,
-                      options: protocol.TranscribeOptions) -> web.StreamResponse:
+                      options: TranscribeOptions) -> web.StreamResponse:
         """Server-sent events: the response begins with the first delta, or with the answer."""
-        finals: asyncio.Queue[list[protocol.Segment]] = asyncio.Queue()
-        work = asyncio.ensure_future(self.server.scheduler.submit(samples, options, finals.put_nowait))
+        finals: asyncio.Queue[list[Segment]] = asyncio.Queue()
+        work = asyncio.ensure_future(self.service.transcribe(samples, options, finals.put_nowait))
         response: web.StreamResponse | None = None
         sent_text = False
         try:

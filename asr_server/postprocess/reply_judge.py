@@ -1,22 +1,22 @@
-"""The post-processing guard: is an LLM's reply a correction of the transcript, or something else?
+"""The reply judge: is an LLM's reply a correction of the transcript, or something else?
 
 ``judge_correction`` owns the verdict. Cheap checks come first (empty, preamble,
 added lines or quotes, length, script); then ``compare`` measures how far the
 reply's words and characters are from the transcript's.
 
-``compare`` does work linear in the transcript's length, so a 30-minute
-transcript costs milliseconds, not seconds (docs/postprocess.md, Guard cost):
+``compare`` leaves the quadratic work to RapidFuzz (C++, bit-parallel), so a
+30-minute transcript costs milliseconds, not seconds (docs/reliability.md,
+"The reply judge's cost"):
 
-- Words: a Levenshtein distance over words, filled only within ``BAND_WORDS`` of
-  the diagonal that runs from the start of both texts to the end of both (the
-  proportional diagonal, so a reply that is uniformly a little shorter stays
-  on it). Each row of the table holds at most ``2 * BAND_WORDS + 1`` cells, so
-  the table grows with the number of words, not with its square. A path that
-  leaves the band (a run of over ``BAND_WORDS`` words dropped or added in one
-  place) is not considered: the banded distance is never below the true one,
-  so the band can only make the guard stricter, and such a reply is a cut or
-  a padding, not a correction. Short texts (either side at most
-  ``BAND_WORDS`` words) get the exact distance.
+- Words: RapidFuzz's Levenshtein alignment of the two word lists
+  (``Levenshtein.opcodes``), from which come the word edits and the path
+  through the alignment. The path's *drift* is how far it strays from the
+  proportional diagonal (the one that runs from the start of both texts to the
+  end of both, so a reply that is uniformly a little shorter stays on it). A
+  drift of over ``MAX_DRIFT_WORDS`` words is a run of words dropped or added in
+  one place: a cut or a padding, not a correction, however few words it is of
+  a long transcript. Short texts (either side at most ``MAX_DRIFT_WORDS``
+  words) are judged by their edits alone.
 - Characters: the texts, spaces removed (so "hyper tension" may become
   "hypertension"), are compared chunk by chunk along that word alignment,
   never as a whole. A chunk ends at a matched word once it holds
@@ -36,9 +36,9 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from rapidfuzz.distance import Indel
+from rapidfuzz.distance import Indel, Levenshtein
 
-BAND_WORDS = 16
+MAX_DRIFT_WORDS = 16
 CHUNK_WORDS = 40
 
 # What a chatty model puts before or around the text, in the supported languages it favours.
@@ -68,7 +68,7 @@ class Comparison:
 
     word_edits: int
     char_similarity: float
-    word_cells: int  # cells of the word table filled
+    drift_words: float  # the alignment's furthest stray from the proportional diagonal (0: short texts)
     char_cells: int  # sum over chunks of len(a) * len(b): the most a chunk's comparison can cost
 
 
@@ -109,14 +109,15 @@ def judge_correction(original: str, reply: str, limits: GuardLimits = GuardLimit
     before = normalise_words(source)
     allowed_edits = max(1, round(limits.max_word_edit_rate * len(before)))
     measured = compare(before, normalise_words(text))
-    if measured.word_edits > allowed_edits or measured.char_similarity < limits.min_char_similarity:
+    if (measured.word_edits > allowed_edits or measured.drift_words > MAX_DRIFT_WORDS
+            or measured.char_similarity < limits.min_char_similarity):
         return "reply is not a correction of the transcript (another language, an answer, or a rewrite)"
     return None
 
 
 def compare(before: list[str], after: list[str]) -> Comparison:
-    """Word edits and chunked character similarity of two normalised word lists (module docstring)."""
-    edits, path, word_cells = _banded_alignment(before, after)
+    """Word edits, drift and chunked character similarity of two normalised word lists (module docstring)."""
+    edits, path = _alignment(before, after)
     distance = total = char_cells = 0
     for (p0, q0), (p1, q1) in _chunks(before, after, path):
         a, b = "".join(before[p0:p1]), "".join(after[q0:q1])
@@ -124,69 +125,29 @@ def compare(before: list[str], after: list[str]) -> Comparison:
         total += len(a) + len(b)
         char_cells += len(a) * len(b)
     similarity = 1.0 - distance / total if total else 1.0
-    return Comparison(edits, similarity, word_cells, char_cells)
+    return Comparison(edits, similarity, _drift(path, len(before), len(after)), char_cells)
 
 
-def _banded_alignment(a: list[str], b: list[str]) -> tuple[int, list[tuple[int, int]], int]:
-    """Word Levenshtein distance within the band, its path as (index in a, index in b), cells filled."""
-    swap = len(a) < len(b)  # rows are the longer side: the diagonal then moves at most one column a row
-    rows, cols = (b, a) if swap else (a, b)
-    n_rows, n_cols = len(rows), len(cols)
-    ids: dict[str, int] = {}
-    row_ids = [ids.setdefault(w, len(ids)) for w in rows]
-    col_ids = [ids.setdefault(w, len(ids)) for w in cols]
-    never = n_rows + n_cols + 1
-    lows = [0]
-    table = [list(range(min(n_cols, BAND_WORDS) + 1))]
-    for i in range(1, n_rows + 1):
-        centre = i * n_cols // n_rows
-        low, high = max(0, centre - BAND_WORDS), min(n_cols, centre + BAND_WORDS)
-        above, above_low = table[-1], lows[-1]
-        above_high = above_low + len(above) - 1
-        word = row_ids[i - 1]
-        row: list[int] = []
-        left = never
-        for j in range(low, high + 1):  # the hot loop: plain comparisons, no min() calls
-            best = left + 1
-            k = j - above_low
-            if j <= above_high and above[k] < left:
-                best = above[k] + 1
-            if k and above[k - 1] + (word != col_ids[j - 1]) < best:
-                best = above[k - 1] + (word != col_ids[j - 1])
-            row.append(best)
-            left = best
-        lows.append(low)
-        table.append(row)
-    cells = sum(len(row) for row in table)
-    path = _trace(table, lows, row_ids, col_ids)
-    if swap:
-        path = [(j, i) for i, j in path]
-    return table[-1][n_cols - lows[-1]], path, cells
+def _alignment(a: list[str], b: list[str]) -> tuple[int, list[tuple[int, int]]]:
+    """The word Levenshtein distance and its path as (index in a, index in b), from (0, 0) on."""
+    path = [(0, 0)]
+    edits = 0
+    for tag, a0, a1, b0, b1 in Levenshtein.opcodes(a, b):
+        steps = max(a1 - a0, b1 - b0)
+        if tag != "equal":
+            edits += steps
+        for k in range(1, steps + 1):  # diagonal while both sides have words, then straight on
+            path.append((min(a0 + k, a1), min(b0 + k, b1)))
+    return edits, path
 
 
-def _trace(table: list[list[int]], lows: list[int], rows: list[int], cols: list[int]
-           ) -> list[tuple[int, int]]:
-    """The cheapest path back from the last cell to the first, preferring diagonal steps."""
-
-    def cell(i: int, j: int) -> int | None:
-        k = j - lows[i]
-        return table[i][k] if 0 <= k < len(table[i]) else None
-
-    i, j = len(rows), len(cols)
-    path = [(i, j)]
-    while i or j:
-        here = cell(i, j)
-        diagonal = cell(i - 1, j - 1) if i and j else None
-        up = cell(i - 1, j) if i else None
-        if diagonal is not None and diagonal + (rows[i - 1] != cols[j - 1]) == here:
-            i, j = i - 1, j - 1
-        elif up is not None and up + 1 == here:
-            i -= 1
-        else:
-            j -= 1
-        path.append((i, j))
-    path.reverse()
-    return path
+def _drift(path: list[tuple[int, int]], n_a: int, n_b: int) -> float:
+    """How far the path strays from the proportional diagonal, counted in the shorter side's words."""
+    if min(n_a, n_b) <= MAX_DRIFT_WORDS:
+        return 0.0
+    if n_a >= n_b:
+        return max(abs(j - i * n_b / n_a) for i, j in path)
+    return max(abs(i - j * n_a / n_b) for i, j in path)
 
 
 def _chunks(a: list[str], b: list[str], path: list[tuple[int, int]]

@@ -2,28 +2,29 @@
 
 Nothing here touches a socket, so the whole contract is tested without one.
 The order matters and is the server's: ``parse_metadata`` (JSON and type),
-then ``KeyRing.allows`` (before any other field is judged or audio read),
+then the key (``api_key``, judged by the service before any other field or audio),
 then ``parse_transcribe``.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from asr_server.errors import AsrError, BadRequest, UnsupportedLanguage
+from asr_server.contract.domain import (
+    SUPPORTED_LANGUAGES,
+    TASKS,
+    PostprocessOutcome,
+    Segment,
+    Transcription,
+)
+from asr_server.contract.errors import AsrError, BadRequest, UnsupportedLanguage
 
 MAX_METADATA_BYTES = 64 * 1024
 # whisper reads at most 223 tokens of prompt; a few thousand characters hold more than that.
 MAX_PROMPT_CHARS = 2000
 
-SUPPORTED_LANGUAGES: tuple[str, ...] = (
-    "bg", "en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "cs", "da", "sv",
-    "hr", "el", "hu", "ro", "sk", "sl", "et", "fi", "lv", "lt", "mt", "uk",
-)
-TASKS = ("transcribe", "translate")
 # Spellings of "detect" that clients send in the field besides null.
 _DETECT = ("", "auto")
 
@@ -43,52 +44,6 @@ class TranscribeRequest:
     postprocess: bool | None = None  # None: the server's default
     word_timestamps: bool = False
     prompt: str | None = None
-
-
-@dataclass(frozen=True)
-class TranscribeOptions:
-    """What the engine needs of a request."""
-
-    language: str | None  # None: detect among SUPPORTED_LANGUAGES
-    task: str  # "transcribe" | "translate"
-    prompt: str | None = None  # names and terms the speaker uses (whisper's initial prompt)
-    word_timestamps: bool = False
-    temperature: float = 0.0  # the first; whisper falls back to hotter ones from here
-
-
-@dataclass(frozen=True)
-class Word:
-    word: str  # as whisper spells it, with its leading space
-    start: float  # seconds
-    end: float  # seconds
-    probability: float
-
-
-@dataclass(frozen=True)
-class Segment:
-    text: str
-    start: float  # seconds
-    end: float  # seconds
-    words: tuple[Word, ...] | None = None  # only when the request asked for word timestamps
-
-
-@dataclass(frozen=True)
-class Transcription:
-    """What the engine returns for one request."""
-
-    text: str
-    segments: tuple[Segment, ...]
-    language: str
-
-
-@dataclass(frozen=True)
-class PostprocessOutcome:
-    """The three post-processing fields of a result, and whether an LLM call was made or waited for."""
-
-    text: str | None = None
-    ms: float = 0.0
-    error: str | None = None
-    called: bool = False
 
 
 def parse_metadata(frame: str | bytes) -> dict[str, Any]:
@@ -154,34 +109,9 @@ def parse_transcribe(obj: dict[str, Any]) -> TranscribeRequest:
                              postprocess=postprocess, word_timestamps=word_timestamps, prompt=prompt)
 
 
-class KeyRing:
-    """The accepted API keys; several at once so keys can be rotated."""
-
-    def __init__(self, keys: tuple[str, ...]) -> None:
-        self._keys = tuple(k.encode("utf-8") for k in keys)
-
-    @property
-    def required(self) -> bool:
-        return bool(self._keys)
-
-    def allows(self, obj: dict[str, Any]) -> bool:
-        """Constant-time check of the metadata's ``api_key``; every key is compared, match or not."""
-        return self.allows_key(obj.get("api_key"))
-
-    def allows_key(self, candidate: object) -> bool:
-        """Constant-time check of one key as given (an HTTP bearer token, say)."""
-        if not self._keys:
-            return True
-        if not isinstance(candidate, str):
-            return False
-        given = candidate.encode("utf-8", "surrogatepass")
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(given, key)
-        return matched
-
-    def __repr__(self) -> str:
-        return f"KeyRing({len(self._keys)} keys)"
+def api_key(obj: dict[str, Any]) -> object:
+    """The key frame 1 carries (any JSON value; the key ring judges it)."""
+    return obj.get("api_key")
 
 
 def pong_frame() -> str:

@@ -24,16 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from asr_client.subtitles import srt, vtt
-from whisper.tokenizer import LANGUAGES
 
-from asr_server.errors import AsrError, BadRequest
-from asr_server.protocol import (
-    MAX_PROMPT_CHARS,
-    PostprocessOutcome,
-    Segment,
-    Transcription,
-    parse_transcribe,
-)
+from asr_server.contract.domain import LANGUAGE_NAMES, PostprocessOutcome, Segment, Transcription
+from asr_server.contract.errors import AsrError, BadRequest
+from asr_server.contract.frames import MAX_PROMPT_CHARS, parse_transcribe
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
@@ -133,7 +127,7 @@ def verbose_json(form: FormRequest, transcription: Transcription, corrected: Pos
                  duration_s: float) -> dict[str, Any]:
     body: dict[str, Any] = {
         "task": form.task,
-        "language": LANGUAGES.get(transcription.language, transcription.language),
+        "language": LANGUAGE_NAMES.get(transcription.language, transcription.language),
         "duration": round(duration_s, 3),
         "text": transcription.text,
     }

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from asr_server.config import Config
-from asr_server.guard import judge_correction, strip_fence
-from asr_server.protocol import PostprocessOutcome
+from asr_server.contract.domain import PostprocessOutcome
+from asr_server.postprocess.reply_judge import judge_correction, strip_fence
 
 LANGUAGE_NAMES = {
     "bg": "Bulgarian", "en": "English", "de": "German", "fr": "French", "es": "Spanish",

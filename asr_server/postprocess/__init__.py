@@ -1,0 +1,1 @@
+"""Post-processing: the LLM client that corrects a transcript, and the judge of its reply."""
