@@ -6,16 +6,22 @@ leaves its screenshot, DOM and console log under ``test-artifacts/``.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.harness import ServerProcess
+
+if TYPE_CHECKING:
+    from whisper.model import Whisper
+
+    from asr_server.engine.transcriber import Engine
 
 KEYS = ("test-key-old-7f3a", "test-key-new-91c2")
 KEY = KEYS[1]
@@ -36,6 +42,48 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
         folder = save_artifacts(driver, item.nodeid)
         report.sections.append(("browser artifacts", f"screenshot, DOM and console log in {folder}"))
     return report
+
+
+class Engines:
+    """In-process engines on the CPU, each kind built once, over one load of the checkpoint per dtype."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, Whisper] = {}
+        self._engines: dict[tuple[object, ...], Engine] = {}
+
+    def model(self, dtype: str = "float32") -> Whisper:
+        if dtype not in self._models:
+            import torch
+
+            from asr_server.config import Config
+            from asr_server.engine.model_loading import DTYPES, load_model
+
+            self._models[dtype] = load_model(Config().model_path, torch.device("cpu"), DTYPES[dtype])
+        return self._models[dtype]
+
+    def get(self, beam_size: int = 1, vad: bool = False, batched_attention: bool | None = None,
+            dtype: str = "float32", quantize: str = "none") -> Engine:
+        """float32 by default: whisper's own output is the oracle, in its dtype."""
+        key = (beam_size, vad, batched_attention, dtype, quantize)
+        if key not in self._engines:
+            import torch
+
+            from asr_server.config import Config
+            from asr_server.engine.transcriber import Engine, EngineSettings
+
+            settings = EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(),
+                                      beam_size=beam_size, vad=vad, quantize=quantize,
+                                      batched_attention=batched_attention, dtype=dtype)
+            # int8 swaps the model's Linear layers in place: a copy, so the shared float32 model stays as is.
+            model = copy.deepcopy(self.model()) if quantize == "int8" else self.model(dtype)
+            self._engines[key] = Engine(settings, model)
+        return self._engines[key]
+
+
+@pytest.fixture(scope="session")
+def engines() -> Engines:
+    """Every in-process engine test's engines: the checkpoint is loaded once per dtype, per session."""
+    return Engines()
 
 
 @pytest.fixture(scope="session")

@@ -177,6 +177,18 @@ class ServerProcess:
         return status, json.loads(body)
 
 
+def pong_latency(url: str) -> float:
+    """Seconds from a ping sent on a connection already open to its pong (the connection's opening
+    is not counted: the ping measures the event loop, not the handshake)."""
+    with connect(url) as ws:
+        sent = time.monotonic()
+        ws.send(json.dumps({"type": "ping"}))
+        reply = json.loads(ws.recv(timeout=30))
+        latency = time.monotonic() - sent
+    assert reply == {"type": "pong", "status": "ok"}, reply
+    return latency
+
+
 def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str,
                interval_s: float = 0.05) -> T:
     """Poll ``predicate`` until it returns something truthy, and return that; fail naming ``what``.
@@ -376,3 +388,13 @@ class LlamaServer:
     @property
     def completions(self) -> int:
         return sum("POST /v1/chat/completions" in line for line in self.lines)
+
+    def fence(self) -> None:
+        """A request of our own, waited for in the access log: what was served before it is logged by then."""
+        def listed() -> int:
+            return sum("GET /v1/models" in line for line in self.lines)
+
+        before = listed()
+        with urllib.request.urlopen(f"{self.url}/models", timeout=10):  # noqa: S310 (http only)
+            pass
+        wait_until(lambda: listed() > before, 30, "the fence request in the LLM's access log")

@@ -20,7 +20,6 @@ import pytest
 import torch
 import whisper
 
-from asr_server.config import Config
 from asr_server.contract.domain import Segment, TranscribeOptions, Transcription
 from asr_server.engine import forward
 from asr_server.engine.audio_decoding import decode_wav
@@ -34,23 +33,17 @@ from asr_server.engine.transcribe_state import (
 from asr_server.engine.transcribe_state import (
     WINDOW_FRAMES as N_FRAMES,
 )
-from asr_server.engine.transcriber import Engine, EngineSettings, ListedRequest, join_sentences
+from asr_server.engine.transcriber import Engine, ListedRequest, join_sentences
 from asr_server.engine.vad import SpeechDetector, SpeechRegion
 from tests.harness import EVAL_DIR, Clip, ServerProcess, load_manifest, reference_result
 from tests.test_accuracy import SUBSET as ACCURACY_SUBSET
 
-from .conftest import exchange, request
-
-
-def make_engine(beam_size: int = 1, batched_attention: bool | None = None) -> Engine:
-    return Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(),
-                                 beam_size=beam_size, vad=False, batched_attention=batched_attention,
-                                 dtype="float32"))  # whisper's own output is the oracle: its dtype
+from .conftest import Engines, exchange, request
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    return make_engine()
+def engine(engines: Engines) -> Engine:
+    return engines.get()  # float32, no VAD: whisper's own output is the oracle
 
 
 def samples_of(clip: Clip) -> np.ndarray:
@@ -109,18 +102,18 @@ def test_greedy_is_whisper_transcribe_alone_and_in_batches_of_8(engine: Engine, 
         assert many == theirs, clip.path.name
 
 
-def test_batched_attention_gives_the_same_results(oracle: Any) -> None:
+def test_batched_attention_gives_the_same_results(engines: Engines, oracle: Any) -> None:
     """CUDA's attention form, forced on the CPU so that it cannot rot on a CPU-only CI."""
     clips, items, expected = oracle
-    batched = make_engine(batched_attention=True)
+    batched = engines.get(batched_attention=True)
     assert batched.loop.caches.batched
     for clip, theirs, ours in zip(clips[:8], expected[:8], batched.transcribe_batch(items[:8]), strict=True):
         assert ours == theirs, clip.path.name
 
 
 @pytest.mark.parametrize("batched_attention", [False, True])
-def test_beam_search_is_whisper_transcribe_in_a_batch(batched_attention: bool) -> None:
-    beam = make_engine(beam_size=5, batched_attention=batched_attention)
+def test_beam_search_is_whisper_transcribe_in_a_batch(engines: Engines, batched_attention: bool) -> None:
+    beam = engines.get(beam_size=5, batched_attention=batched_attention)
     clips = [c for c in load_manifest() if c.kind == "short"][1::7][:4]
     items = [(samples_of(c), TranscribeOptions(c.lang, "transcribe")) for c in clips]
     for clip, item, ours in zip(clips, items, beam.transcribe_batch(items), strict=True):

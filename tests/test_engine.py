@@ -7,28 +7,29 @@ import pytest
 import torch
 import whisper
 
-from asr_server.config import Config
 from asr_server.contract.domain import SUPPORTED_LANGUAGES, Segment, TranscribeOptions
 from asr_server.engine.audio_decoding import decode_wav
-from asr_server.engine.model_loading import load_model, resolve_device
-from asr_server.engine.transcriber import Engine, EngineSettings, join_sentences
+from asr_server.engine.model_loading import resolve_device
+from asr_server.engine.transcriber import join_sentences
 from asr_server.engine.vad import SpeechDetector, SpeechRegion
 from asr_server.engine.whisper_compat import restricted_language_tokenizer
 from tests.harness import load_manifest
 
+from .conftest import Engines
+
 
 @pytest.fixture(scope="module")
-def model() -> whisper.model.Whisper:
-    return load_model(Config().model_path, torch.device("cpu"))
+def model(engines: Engines) -> whisper.model.Whisper:
+    return engines.model()
 
 
-def test_device_resolution_is_explicit() -> None:
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a host without CUDA (tests/test_cuda.py: with one)")
+def test_device_resolution_is_explicit_on_a_host_without_cuda() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
-    if not torch.cuda.is_available():
+    assert resolve_device("auto") == torch.device("cpu")
+    for asked in ("cuda", "cuda:0", "cuda:1"):
         with pytest.raises(RuntimeError, match="no CUDA"):
-            resolve_device("cuda:0")
+            resolve_device(asked)
 
 
 def test_model_is_fp32_on_cpu(model: whisper.model.Whisper) -> None:
@@ -61,8 +62,8 @@ def test_sentences_are_joined_but_not_across_pauses_or_past_30s() -> None:
     ]
 
 
-def test_engine_gates_on_the_vad() -> None:
-    engine = Engine(EngineSettings(Config().model_path, "cpu", threads=2, beam_size=1))
+def test_engine_gates_on_the_vad(engines: Engines) -> None:
+    engine = engines.get(vad=True)
     silent = engine.transcribe(np.zeros(16_000 * 5, dtype=np.float32), TranscribeOptions(None, "transcribe"))
     assert silent.text == "" and silent.segments == () and silent.language == ""
 
@@ -92,8 +93,8 @@ def test_vad_sequence_model_finds_the_streaming_models_regions() -> None:
     assert speech == len(clips) >= 15  # every real clip has speech; silence and noise have none
 
 
-def test_int8_quantisation_on_the_cpu() -> None:
-    engine = Engine(EngineSettings(Config().model_path, "cpu", threads=2, beam_size=1, quantize="int8"))
+def test_int8_quantisation_on_the_cpu(engines: Engines) -> None:
+    engine = engines.get(quantize="int8")
     assert engine.dtype_name == "int8"
     quantized = torch.ao.nn.quantized.dynamic.Linear
     assert isinstance(engine.model.decoder.blocks[0].mlp[0], quantized)

@@ -16,7 +16,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.harness import EVAL_DIR, ServerProcess, load_manifest, wait_until
+from tests.harness import EVAL_DIR, ServerProcess, load_manifest, pong_latency, wait_until
 
 from .conftest import KEY, exchange, request
 
@@ -62,6 +62,7 @@ def test_a_short_clip_is_answered_before_a_long_one_sent_first(default_server: S
         # Sent once the long clip is decoding (its first decoder pass is counted), and 1 s after it.
         wait_until(lambda: server.metric("asr_batch_size_count") > passes and time.monotonic() - sent >= 1.0,
                    120, "the long clip's first decoder pass")
+        pong = pong_latency(server.url)
         latency, _ = short_latency(server)
         answered["short"] = time.monotonic()
         long_done_then = "long" in answered
@@ -71,6 +72,7 @@ def test_a_short_clip_is_answered_before_a_long_one_sent_first(default_server: S
     server.wait_for_line("left the decoding loop: its client has gone", timeout_s=60, after=mark)
     print(f"short clip alone {alone:.2f} s, beside the 232 s clip {latency:.2f} s ({latency / alone:.2f}x)")
     assert not long_done_then, "the long clip was answered first"
+    assert pong <= 1.0, f"a ping took {pong:.2f} s while the long clip decoded"
     assert latency <= 3 * alone, (latency, alone)
 
 

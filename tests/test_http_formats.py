@@ -74,11 +74,11 @@ def test_subtitles_keep_whispers_timed_text() -> None:
     content_type, body = render(FormRequest(response_format="srt"), SPOKEN, CORRECTED, 5)
     assert content_type == "text/plain" and body == (
         "1\n00:00:00,000 --> 00:00:01,500\nHello there.\n\n"
-        "2\n00:00:02,000 --> 01:01:01,250\nGeneral Kenobi.\n")
+        "2\n00:00:02,000 --> 01:01:01,250\nGeneral Kenobi.\n\n")
     content_type, body = render(FormRequest(response_format="vtt"), SPOKEN, CORRECTED, 5)
     assert content_type == "text/vtt" and body == (
-        "WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello there.\n\n"
-        "00:00:02.000 --> 01:01:01.250\nGeneral Kenobi.\n")
+        "WEBVTT\n\n1\n00:00:00.000 --> 00:00:01.500\nHello there.\n\n"
+        "2\n00:00:02.000 --> 01:01:01.250\nGeneral Kenobi.\n\n")
 
 
 def test_verbose_json_by_granularity() -> None:

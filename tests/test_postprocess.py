@@ -57,8 +57,11 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) 
 
 
 def served_exactly(llm: LlamaServer, count: int) -> None:
-    """The LLM's access log reaches ``count`` (it lags the reply a little) and stays there."""
+    """The LLM's access log reaches ``count`` (it lags the reply a little), and is still there once a
+    later request of ours is logged: the server awaited its calls before it replied, so a call too many
+    would be in the log before that fence."""
     wait_for(lambda: llm.completions >= count, f"{count} completions in the LLM's log")
+    llm.fence()
     assert llm.completions == count
 
 

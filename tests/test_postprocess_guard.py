@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asr_server.postprocess.reply_judge import (
-    MAX_DRIFT_WORDS,
     CHUNK_WORDS,
+    MAX_DRIFT_WORDS,
     compare,
     judge_correction,
     normalise_words,

@@ -7,18 +7,18 @@ import pytest
 import torch
 import whisper
 
-from asr_server.config import Config
 from asr_server.contract.domain import TranscribeOptions
 from asr_server.engine.audio_decoding import decode_wav
 from asr_server.engine.transcribe_state import BEST_OF, TEMPERATURES
-from asr_server.engine.transcriber import Engine, EngineSettings
+from asr_server.engine.transcriber import Engine
 from tests.harness import load_manifest
+
+from .conftest import Engines
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(), beam_size=1,
-                                 dtype="float32"))  # compared with whisper's own words, in float32
+def engine(engines: Engines) -> Engine:
+    return engines.get(vad=True)  # compared with whisper's own words, in float32
 
 
 def test_words_are_whisper_own(engine: Engine) -> None:

@@ -23,13 +23,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from asr_client.subtitles import srt, vtt
+import pysubs2
 
 from asr_server.contract.domain import LANGUAGE_NAMES, PostprocessOutcome, Segment, Transcription
 from asr_server.contract.errors import AsrError, BadRequest
 from asr_server.contract.frames import MAX_PROMPT_CHARS, parse_transcribe
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+SUBTITLE_TYPES = {"srt": "text/plain", "vtt": "text/vtt"}
 GRANULARITIES = ("word", "segment")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
@@ -151,12 +152,22 @@ def render(form: FormRequest, transcription: Transcription, corrected: Postproce
     best = corrected.text or transcription.text
     if form.response_format == "text":
         return "text/plain", best + "\n"
-    if form.response_format == "srt":
-        return "text/plain", srt(transcription.segments)
-    if form.response_format == "vtt":
-        return "text/vtt", vtt(transcription.segments)
+    if form.response_format in ("srt", "vtt"):
+        return SUBTITLE_TYPES[form.response_format], _subtitles(transcription.segments, form.response_format)
     if form.response_format == "verbose_json":
         body = verbose_json(form, transcription, corrected, duration_s)
     else:
         body = {"text": best, "usage": _usage(duration_s)}
     return "application/json", json.dumps(body, ensure_ascii=False)
+
+
+def _subtitles(segments: tuple[Segment, ...], fmt: str) -> str:
+    """SubRip or WebVTT by pysubs2, as the asr-client writes them: one line per cue, empty cues left out."""
+    cues = pysubs2.SSAFile()
+    for segment in segments:
+        cue = pysubs2.SSAEvent(start=max(0, round(segment.start * 1000)),
+                               end=max(0, round(segment.end * 1000)))
+        cue.plaintext = " ".join(segment.text.split())  # a blank line would end the cue
+        if cue.plaintext:
+            cues.append(cue)
+    return str(cues.to_string(fmt))

@@ -64,13 +64,15 @@ def native_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
     return tuple(flag for flag in NATIVE_BF16_FLAGS if flag in flags)
 
 
-def resolve_dtype(setting: str, device: torch.device, native_bf16: tuple[str, ...] = ()) -> torch.dtype:
-    """The dtype the weights are held in (see the module's docstring for ``auto``)."""
+def resolve_dtype(setting: str, device: torch.device, native_bf16: tuple[str, ...] = (),
+                  bf16_keeps_wer: bool = BF16_KEEPS_WER) -> torch.dtype:
+    """The dtype the weights are held in (see the module's docstring for ``auto``); ``bf16_keeps_wer``:
+    what the WER rule decided of bf16 (docs/accuracy.md)."""
     if setting != "auto":
         return DTYPES[setting]
     if device.type == "cuda":
         return torch.float16
-    if native_bf16 and BF16_KEEPS_WER:
+    if native_bf16 and bf16_keeps_wer:
         return torch.bfloat16
     return torch.float32
 

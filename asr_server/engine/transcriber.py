@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import whisper
+from whisper.model import Whisper
 from whisper.tokenizer import TO_LANGUAGE_CODE
 
 from asr_server.contract.domain import Segment, TranscribeOptions, Transcription, Word
@@ -91,13 +92,14 @@ class _ListSource:
 class Engine:
     """One Whisper model, one VAD and the decoding loop, owned by the worker thread."""
 
-    def __init__(self, settings: EngineSettings) -> None:
+    def __init__(self, settings: EngineSettings, model: Whisper | None = None) -> None:
+        """``model``: the checkpoint already loaded on its device in the settings' dtype (else loaded)."""
         torch.set_num_threads(settings.threads)
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.dtype = self._dtype(settings)
         started = time.monotonic()
-        self.model = load_model(settings.model_path, self.device, self.dtype)
+        self.model = model if model is not None else load_model(settings.model_path, self.device, self.dtype)
         if settings.quantize == "int8":
             self.model = quantize_int8(self.model)
         self.vad = SpeechDetector() if settings.vad else None

@@ -132,9 +132,10 @@ def _alignment(a: list[str], b: list[str]) -> tuple[int, list[tuple[int, int]]]:
     """The word Levenshtein distance and its path as (index in a, index in b), from (0, 0) on."""
     path = [(0, 0)]
     edits = 0
-    for tag, a0, a1, b0, b1 in Levenshtein.opcodes(a, b):
+    for op in Levenshtein.opcodes(a, b):
+        a0, a1, b0, b1 = op.src_start, op.src_end, op.dest_start, op.dest_end
         steps = max(a1 - a0, b1 - b0)
-        if tag != "equal":
+        if op.tag != "equal":
             edits += steps
         for k in range(1, steps + 1):  # diagonal while both sides have words, then straight on
             path.append((min(a0 + k, a1), min(b0 + k, b1)))
