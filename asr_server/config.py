@@ -18,7 +18,7 @@ from typing import TypeVar
 # models/, beside the package).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
-DTYPE_SETTINGS = ("auto", "float32", "bfloat16", "float16")  # loading.py says what each holds
+DTYPE_SETTINGS = ("auto", "float32", "bfloat16", "float16")  # engine/model_loading.py says what each holds
 
 T = TypeVar("T")
 
@@ -68,7 +68,7 @@ class Config:
     threads: int = 0  # 0: one per core
     vad: bool = True
     quantize: str = "none"  # none | int8 (CPU only)
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: the weights' dtype (loading.py)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: the weights' dtype (engine/model_loading.py)
     max_queue: int = 32
     max_batch: int = 8
     queue_deadline_s: float = 300.0

@@ -6,7 +6,7 @@ does with ``ASR_MAX_BATCH`` and a full queue), and splits the stream's wall
 time into the encoder, the decoder passes (with how many requests each
 carried) and the rest (prompts, language detection, the searches' bookkeeping,
 the VAD). ``--attention`` picks the pass's attention form (forward.py),
-``--dtype`` the weights' dtype (loading.py).
+``--dtype`` the weights' dtype (engine/model_loading.py).
 
 Run: .venv/bin/python scripts/batch_profile.py --beam 5 --capacity 8 16
 """

@@ -31,7 +31,7 @@ def items(count: int, step: int = 3) -> list[tuple[object, TranscribeOptions]]:
 def test_the_loop_runs_float16_with_batched_attention_by_default() -> None:
     engine = cuda_engine(beam_size=1)
     assert engine.dtype == torch.float16 and engine.loop.caches.batched
-    # held in float16 once (loading.py), LayerNorm and the positional embeddings in float32
+    # held in float16 once (engine/model_loading.py), LayerNorm and the positional embeddings in float32
     held = {p.dtype for name, p in engine.model.named_parameters()
             if "ln" not in name and "positional" not in name}
     assert held == {torch.float16}

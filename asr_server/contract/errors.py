@@ -1,6 +1,6 @@
 """Every failure a client can see: one base class, each with its wire code and close code.
 
-Layers raise these; only ``server.py`` turns them into an error frame and a
+Layers raise these; only the transports (``transports/``) turn them into an error frame and a
 WebSocket close. ``audio_too_large`` never becomes a frame: a binary frame
 over ``MAX_AUDIO_BYTES`` is refused by the websockets library itself, which
 closes with 1009 before the server sees a byte of it.

@@ -11,7 +11,7 @@ Each iteration of ``DecodingLoop.serve``:
    its first window's encoding;
 4. runs one decoder pass for every live sequence of every request
    (forward.step) and moves every search one token on (search.advance_all);
-5. settles each finished search by whisper's rules (windows.py): decode
+5. settles each finished search by whisper's rules (transcribe_state.py): decode
    the window again at the next temperature, or cut it into segments, move
    the seek on and start the next window, or answer the request at once.
 

@@ -78,7 +78,7 @@ def resolve_dtype(setting: str, device: torch.device, native_bf16: tuple[str, ..
 
 
 def load_model(path: Path, device: torch.device, dtype: torch.dtype = torch.float32) -> Whisper:
-    """Load a checkpoint written by ``weights.py`` (or whisper's own format) onto ``device``, in ``dtype``."""
+    """A checkpoint written by ``asr_tools/fetch_weights.py`` (or whisper's) on ``device``, in ``dtype``."""
     if not path.is_file():
         raise ModelNotFound(str(path))
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)

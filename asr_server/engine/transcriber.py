@@ -1,7 +1,7 @@
 """The engine: the Whisper checkpoint on its device, the VAD gate, and requests in and answers out.
 
 The decoding itself is the loop's (decoding_loop.py): this module loads the
-model (its device and dtype: loading.py), turns a request's samples into its mel and
+model (its device and dtype: model_loading.py), turns a request's samples into its mel and
 windows (or an empty answer at once, when the VAD hears no speech), and a
 finished request's segments into the answer: segments outside speech
 dropped, whisper's pieces joined into sentences, words kept with them.
@@ -58,7 +58,7 @@ class EngineSettings:
     quantize: str = "none"  # none | int8: dynamic int8 Linear layers, CPU only
     # How a decoder pass attends (forward.py): None picks batched on CUDA, per window on the CPU.
     batched_attention: bool | None = None
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (loading.py)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (model_loading.py)
 
 
 @dataclass(eq=False)

@@ -8,8 +8,8 @@ language, so every reply passes ``judge_correction`` before it is used; a
 rejected or failed call gives ``postprocessed_text: null`` and a short
 ``postprocess_error``, and the raw text is always returned. Runs after the
 transcript is done: it never holds the Whisper worker. The HTTP call is on the
-event loop; the guard runs in a thread (``guard.py``: its cost is linear in
-the transcript, but a long one still takes milliseconds of pure Python).
+event loop; the reply judge runs in a thread (``reply_judge.py``: milliseconds even
+for a long transcript, but some of it is pure Python).
 
 Two separate bounds: a call waits at most ``slot_wait_s`` for one of the
 ``max_concurrency`` slots ("post-processing busy"), then the LLM call alone has
