@@ -30,7 +30,7 @@ import time, torch, whisper
 from asr_server.engine.audio_decoding import decode_wav
 from asr_server.config import Config
 from asr_server.engine.transcriber import Engine, EngineSettings
-from asr_server.contract.frames import TranscribeOptions
+from asr_server.contract.domain import TranscribeOptions
 from tests.harness import load_manifest
 engine = Engine(EngineSettings(Config().model_path, "cpu", threads=2, beam_size=5, vad=False))
 model = engine.model

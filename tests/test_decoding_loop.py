@@ -24,6 +24,7 @@ from asr_server.contract.domain import Segment, TranscribeOptions, Transcription
 from asr_server.engine import forward
 from asr_server.engine.audio_decoding import decode_wav
 from asr_server.engine.decoding_loop import DecodingLoop, mel_of
+from asr_server.engine.job import Speech
 from asr_server.engine.transcribe_state import (
     COMPRESSION_RATIO_THRESHOLD,
     LOGPROB_THRESHOLD,
@@ -143,7 +144,7 @@ def windows_of(engine: Engine, items: list[tuple[np.ndarray, TranscribeOptions]]
                         lambda work, windows: windows)
     requests = [ListedRequest(samples, options) for samples, options in items]
     for index, regions in (speech or {}).items():
-        setattr(requests[index], "speech", regions)  # noqa: B010  (what a scheduler _Job carries)
+        requests[index].speech = Speech(checked=True, regions=regions)  # as the scheduler hands it over
     loop.serve(Listed(list(requests)), len(requests), lambda size: None)
     assert all(isinstance(r.result, RequestWindows) for r in requests), [r.result for r in requests]
     return [r.result for r in requests]  # type: ignore[misc]

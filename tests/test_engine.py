@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from asr_server.contract.domain import SUPPORTED_LANGUAGES, Segment, TranscribeO
 from asr_server.engine.audio_decoding import decode_wav
 from asr_server.engine.model_loading import resolve_device
 from asr_server.engine.transcriber import join_sentences
-from asr_server.engine.vad import SpeechDetector, SpeechRegion
+from asr_server.engine.vad import GateCancelled, SpeechDetector, SpeechRegion
 from asr_server.engine.whisper_compat import restricted_language_tokenizer
 from tests.harness import load_manifest
 
@@ -106,3 +108,28 @@ def test_int8_quantisation_on_the_cpu(engines: Engines) -> None:
     samples = decode_wav(clip.path.read_bytes(), 60).samples
     result = engine.transcribe(samples, TranscribeOptions("en", "transcribe"))
     assert "ask not what your country can do for you" in result.text.lower()
+
+
+def test_the_vad_stops_between_blocks_once_its_caller_has_gone() -> None:
+    """A recording of many 16 s blocks: with the event set the gate stops at the next block; the same
+    detector then still answers whole recordings (the cancelled call left its model as it was)."""
+    detector = SpeechDetector()
+    clip = next(c for c in load_manifest() if "jfk" in c.path.name)
+    speech = decode_wav(clip.path.read_bytes(), 60).samples
+    long_recording = np.tile(speech, 30)  # 5.5 minutes: about 21 blocks
+
+    class SetAtFifthLook(threading.Event):
+        """An event its caller sets while the gate runs: it reads as set from the fifth look on."""
+
+        looks = 0
+
+        def is_set(self) -> bool:
+            self.looks += 1
+            return self.looks >= 5
+
+    cancelled = SetAtFifthLook()
+    with pytest.raises(GateCancelled):
+        detector.speech_regions(long_recording, cancelled)
+    assert cancelled.looks == 5  # four blocks ran, the fifth was refused: one look per block
+    assert detector.speech_regions(speech, threading.Event()) == detector.speech_regions(speech)
+    assert detector.speech_regions(speech)  # speech is found: the event is checked, not always raised

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import whisper
@@ -36,7 +36,7 @@ from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from asr_server.contract.domain import Transcription
 from asr_server.engine import forward
-from asr_server.engine.job import Job
+from asr_server.engine.job import Job, Source
 from asr_server.engine.search import Rules, WindowSearch, advance_all
 from asr_server.engine.transcribe_state import (
     APPEND_PUNCTUATIONS,
@@ -47,12 +47,6 @@ from asr_server.engine.transcribe_state import (
 from asr_server.engine.whisper_compat import restricted_language_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-class Source(Protocol):
-    def next(self, block: bool) -> Job | None:
-        """The next request; with ``block``, wait for one (None then means: stopped and drained)."""
-        ...
 
 
 # What the engine does around the loop: audio to windows (or an answer at once), windows to an answer.

@@ -54,3 +54,11 @@ class Job(Protocol):
         ...
 
     def settle(self, result: Transcription | None, error: BaseException | None) -> None: ...
+
+
+class Source(Protocol):
+    """Where the worker takes jobs from: the scheduler, or a list (``Engine.transcribe_batch``)."""
+
+    def next(self, block: bool) -> Job | None:
+        """The next job; with ``block``, wait for one (None then means: stopped and drained)."""
+        ...

@@ -29,17 +29,17 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from asr_server.contract.domain import Segment, TranscribeOptions, Transcription
 from asr_server.contract.errors import InternalError, Overloaded
-from asr_server.engine.job import UNCHECKED, Speech
+from asr_server.engine.job import UNCHECKED, Source, Speech
 
 
 class Transcriber(Protocol):
-    def serve(self, source: Any, capacity: int, observe_pass: Callable[[int], None]) -> None:
+    def serve(self, source: Source, capacity: int, observe_pass: Callable[[int], None]) -> None:
         """Run requests taken from ``source.next`` until it gives None when told to block."""
         ...
 

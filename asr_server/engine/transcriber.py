@@ -27,8 +27,8 @@ from whisper.model import Whisper
 from whisper.tokenizer import TO_LANGUAGE_CODE
 
 from asr_server.contract.domain import Segment, TranscribeOptions, Transcription, Word
-from asr_server.engine.decoding_loop import DecodingLoop, Source, mel_of
-from asr_server.engine.job import UNCHECKED, UNGATED, Job, Speech
+from asr_server.engine.decoding_loop import DecodingLoop, mel_of
+from asr_server.engine.job import UNCHECKED, UNGATED, Job, Source, Speech
 from asr_server.engine.model_loading import (
     load_model,
     native_bf16_flags,
