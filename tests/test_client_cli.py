@@ -67,8 +67,9 @@ def cues(text: str, decimal: str) -> list[tuple[float, float, str]]:
     found: list[tuple[float, float, str]] = []
     for block in (b for b in text.strip().split("\n\n") if b):
         lines = block.splitlines()
-        if decimal == ",":
-            assert lines[0] == str(len(found) + 1), block  # SubRip numbers cues from 1
+        if decimal == "," or not _CUE_TIMES.match(lines[0]):
+            # SubRip numbers cues from 1; WebVTT's identifiers are optional, numbered here too.
+            assert lines[0] == str(len(found) + 1), block
             lines = lines[1:]
         match = _CUE_TIMES.match(lines[0])
         assert match and match[4] == decimal, block

@@ -176,11 +176,13 @@ class WebSocketTransport:
         closed = asyncio.ensure_future(ws.wait_closed())
         try:
             await asyncio.wait({work, closed}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # this handler was cancelled: its request goes with it
+            work.cancel()
+            raise
         finally:
             closed.cancel()
-            if not work.done():  # the client left, or this handler was cancelled (shutdown)
-                work.cancel()
-        if work.cancelled():
+        if not work.done():  # the client left first
+            work.cancel()
             raise ClientGone()
         return work.result()
 
