@@ -11,6 +11,7 @@ import torch
 from asr_server.config import Config
 from asr_server.contract.domain import TranscribeOptions, Transcription
 from asr_server.engine.audio_decoding import decode_wav
+from asr_server.engine.model_loading import claim_device
 from asr_server.engine.transcriber import Engine, EngineSettings
 from tests.harness import load_manifest, normalise
 
@@ -74,3 +75,12 @@ def test_a_real_out_of_memory_in_a_pass_is_run_in_halves() -> None:
         assert isinstance(result, Transcription) or "out of memory" in str(result).lower(), result
     assert sum(isinstance(r, Transcription) for r in results) >= 2
     assert engine.transcribe_batch(work[:2], capacity=1) == alone  # and it goes on serving
+
+
+def test_a_numbered_device_is_made_current() -> None:
+    """ASR_DEVICE=cuda:N: what allocates without naming a device (Triton, CUDA's handles) lands on N."""
+    last = torch.cuda.device_count() - 1
+    claim_device(torch.device(f"cuda:{last}"))
+    assert torch.cuda.current_device() == last
+    claim_device(torch.device("cuda:0"))
+    assert torch.cuda.current_device() == 0

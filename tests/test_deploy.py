@@ -295,3 +295,9 @@ def test_systemd_unit_verifies() -> None:
     shutil.rmtree(with_prefix.parent)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
     assert "Type=notify" in unit and "TimeoutStopSec=45" in unit
+    # Whisper's Triton kernels (word timestamps on CUDA) are cached where the hardened unit may write:
+    # its CacheDirectory (%C/asr-server), not $HOME, which DynamicUser= and ProtectHome= close.
+    environment = dict(pair.split("=", 1) for line in unit.splitlines() if line.startswith("Environment=")
+                       for pair in line.removeprefix("Environment=").split())
+    assert "CacheDirectory=asr-server" in unit and "ProtectHome=yes" in unit
+    assert environment["TRITON_CACHE_DIR"].startswith("%C/asr-server/")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -15,7 +17,7 @@ from asr_server.engine.model_loading import resolve_device
 from asr_server.engine.transcriber import join_sentences
 from asr_server.engine.vad import GateCancelled, SpeechDetector, SpeechRegion
 from asr_server.engine.whisper_compat import restricted_language_tokenizer
-from tests.harness import load_manifest
+from tests.harness import REPO, load_manifest
 
 from .conftest import Engines
 
@@ -133,3 +135,23 @@ def test_the_vad_stops_between_blocks_once_its_caller_has_gone() -> None:
     assert cancelled.looks == 5  # four blocks ran, the fifth was refused: one look per block
     assert detector.speech_regions(speech, threading.Event()) == detector.speech_regions(speech)
     assert detector.speech_regions(speech)  # speech is found: the event is checked, not always raised
+
+
+def test_warm_up_compiles_whispers_word_alignment_before_the_first_request() -> None:
+    """In a fresh interpreter (nothing compiled yet): whisper's DTW has no compiled signature before
+    ``warm_up`` and has one after it, so the first request with word timestamps compiles nothing."""
+    probe = """
+import torch, whisper.timing
+from asr_server.config import Config
+from asr_server.engine.transcriber import Engine, EngineSettings
+engine = Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(), beam_size=1,
+                               vad=False))
+before = len(whisper.timing.dtw_cpu.signatures)
+engine.warm_up()
+print(before, len(whisper.timing.dtw_cpu.signatures))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after = map(int, done.stdout.split()[-2:])
+    assert before == 0 and after >= 1, done.stdout

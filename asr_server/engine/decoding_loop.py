@@ -256,6 +256,16 @@ class DecodingLoop:
             return
         self._end(r, running, result, None)
 
+    def warm_up_words(self) -> None:
+        """whisper's word alignment once, on a made-up segment over silence: its DTW compiles now."""
+        tokenizer = self._tokenizer("en", "transcribe")
+        mel = mel_of(torch.zeros(whisper.audio.SAMPLE_RATE, device=self.device), self.model.dims.n_mels)
+        segment: dict[str, Any] = {"seek": 0, "start": 0.0, "end": 1.0,
+                                   "tokens": tokenizer.encode(" Warm up.")}
+        with torch.inference_mode():
+            self._add_words([segment], tokenizer, mel[:, : whisper.audio.N_FRAMES],
+                            whisper.audio.FRAMES_PER_SECOND, 0.0)
+
     def _add_words(self, segments: list[dict[str, Any]], tokenizer: Tokenizer, mel: torch.Tensor,
                    frames: int, last_speech: float) -> None:
         add_word_timestamps(segments=segments, model=self.model, tokenizer=tokenizer,

@@ -50,6 +50,13 @@ def resolve_device(setting: str) -> torch.device:
     return device
 
 
+def claim_device(device: torch.device) -> None:
+    """Make ``cuda:N`` the current device, so that whatever allocates without naming one (whisper's
+    Triton kernels, CUDA's own library handles, ``torch.cuda`` calls) lands on N and not on GPU 0."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def native_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
     """The CPU flags that say it multiplies bf16 natively; none where the kernel does not say."""
     try:

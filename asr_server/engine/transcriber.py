@@ -30,6 +30,7 @@ from asr_server.contract.domain import Segment, TranscribeOptions, Transcription
 from asr_server.engine.decoding_loop import DecodingLoop, mel_of
 from asr_server.engine.job import UNCHECKED, UNGATED, Job, Source, Speech
 from asr_server.engine.model_loading import (
+    claim_device,
     load_model,
     native_bf16_flags,
     quantize_int8,
@@ -97,6 +98,7 @@ class Engine:
         torch.set_num_threads(settings.threads)
         self.settings = settings
         self.device = resolve_device(settings.device)
+        claim_device(self.device)
         self.dtype = self._dtype(settings)
         started = time.monotonic()
         self.model = model if model is not None else load_model(settings.model_path, self.device, self.dtype)
@@ -133,11 +135,14 @@ class Engine:
         return "int8" if self.settings.quantize == "int8" else str(self.dtype).removeprefix("torch.")
 
     def warm_up(self) -> None:
-        """One short pass of each model so the first request does not pay for lazy initialisation."""
+        """Every path a request can take, once, so the first user's request compiles nothing: the VAD,
+        language detection and a decode, then whisper's word alignment (its DTW is compiled on first
+        use: numba on the CPU, Triton kernels on CUDA)."""
         silence = np.zeros(16_000, dtype=np.float32)
         if self.vad:
             self.vad.speech_regions(silence)
-        self._run([ListedRequest(silence, TranscribeOptions("en", "transcribe"), UNGATED)])
+        self._run([ListedRequest(silence, TranscribeOptions(None, "transcribe"), UNGATED)])
+        self.loop.warm_up_words()
 
     def serve(self, source: Source, capacity: int, observe_pass: Callable[[int], None]) -> None:
         """The worker's life: every request from ``source``, up to ``capacity`` at once (decoding_loop.py)."""
