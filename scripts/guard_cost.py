@@ -35,22 +35,14 @@ from asr_server.postprocess.reply_judge import (  # the unchanged helpers the re
     normalise_words,
     strip_fence,
 )
-from tests.harness import REPO, load_manifest
+from tests.harness import REPO, load_manifest, word_levenshtein
 
 START, END = "<!-- guard-cost:start -->", "<!-- guard-cost:end -->"
 SIZES = (500, 1500, 4500, 18000)
 
 
 # --- REFERENCE: the guard as it was before the banded version (commit b8a9f93), kept verbatim ----------
-def reference_word_edits(a: list[str], b: list[str]) -> int:
-    """Levenshtein distance over words."""
-    previous = list(range(len(b) + 1))
-    for i, word in enumerate(a, 1):
-        current = [i]
-        for j, other in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word != other)))
-        previous = current
-    return previous[-1]
+reference_word_edits = word_levenshtein  # moved to tests/harness.py unchanged: the suite checks with it
 
 
 def reference_judge_correction(original: str, reply: str,

@@ -24,6 +24,7 @@ from asr_server.postprocess.reply_judge import (
     normalise_words,
     strip_fence,
 )
+from tests.harness import word_levenshtein
 
 CORRECTIONS = [
     ("здравейте как сте", "Здравейте, как сте?"),
@@ -142,17 +143,6 @@ def test_a_long_reply_that_cuts_or_adds_a_run_in_one_place_is_rejected(where: fl
         assert verdict is not None and "not a correction" in verdict, verdict
 
 
-def reference_word_edits(a: list[str], b: list[str]) -> int:
-    """Levenshtein distance over words, the textbook way: an independent reckoning."""
-    previous = list(range(len(b) + 1))
-    for i, word in enumerate(a, 1):
-        current = [i]
-        for j, other in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word != other)))
-        previous = current
-    return previous[-1]
-
-
 words = st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f"]), max_size=60)
 
 
@@ -169,7 +159,7 @@ def test_the_edits_are_the_true_distance_and_the_path_spans_both_texts(
         elif after and at < len(after):
             after[at:at + 1] = [word] if op == "replace" else []
     measured = compare(before, after)
-    assert measured.word_edits == reference_word_edits(before, after)
+    assert measured.word_edits == word_levenshtein(before, after)  # the textbook way: independent
     if min(len(before), len(after)) <= MAX_DRIFT_WORDS:
         assert measured.drift_words == 0.0
 
