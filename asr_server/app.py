@@ -54,6 +54,7 @@ def engine_settings(config: Config) -> EngineSettings:
         vad=config.vad,
         quantize=config.quantize,
         dtype=config.dtype,
+        max_batch=config.max_batch,
     )
 
 
@@ -82,6 +83,7 @@ def describe_model(metrics: Metrics, scheduler: Scheduler, config: Config) -> No
     engine = scheduler.engine
     if isinstance(engine, Engine):
         metrics.model_load_seconds.set(engine.load_seconds)
+        metrics.kv_cache_bytes.set(engine.cache_bytes)
         metrics.model_info.info({"name": config.model, "device": str(engine.device),
                                  "dtype": engine.dtype_name})
 

@@ -96,6 +96,8 @@ class Metrics:
                                         registry=registry)
         self.model_info = Info("asr_model", "The loaded model", registry=registry)
         self.ready = Gauge("asr_ready", "1 when /health says ok", registry=registry)
+        self.kv_cache_bytes = Gauge("asr_kv_cache_bytes",
+                                    "Bytes of the decoder's cache, reserved once at start", registry=registry)
         self.event_loop_lag = Histogram("asr_event_loop_lag_seconds",
                                         "How late the event loop ran a timer (blocked loop)",
                                         buckets=LAG_BUCKETS, registry=registry)

@@ -27,7 +27,7 @@ from whisper.decoding import DecodingOptions, DecodingTask
 from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import get_tokenizer
 
-from asr_server.engine import forward
+from asr_server.engine import forward, kv_cache
 from asr_server.engine.model_loading import DTYPES, hold_in
 from asr_server.engine.search import Rules, SearchSpec, WindowSearch, advance_all
 
@@ -50,7 +50,7 @@ def loop_decode(model: Whisper, mel: torch.Tensor, options: DecodingOptions) -> 
     rules = Rules(tokenizer, model.dims.n_audio_ctx)
     rules.suppress = sorted({*rules.suppress, tokenizer.eot})  # every decode runs all its tokens
     beam = options.beam_size
-    caches = forward.Caches(model, beam or 1, mel.dtype, batched=mel.is_cuda)
+    caches = kv_cache.Caches(model, len(mel), beam or 1, mel.dtype, batched=mel.is_cuda)
     features = forward.encode(model, mel)
     prompt = list(tokenizer.sot_sequence)
     searches, slots = [], []
@@ -70,7 +70,6 @@ def loop_decode(model: Whisper, mel: torch.Tensor, options: DecodingOptions) -> 
     assert all(search.length - len(prompt) == options.sample_len for search in searches)
     for slot in slots:
         caches.close(slot)
-    caches.release()
 
 
 def timed(decode: Callable[[Whisper, torch.Tensor, DecodingOptions], None], model: Whisper,

@@ -21,7 +21,7 @@ import torch
 import whisper
 
 from asr_server.contract.domain import Segment, TranscribeOptions, Transcription
-from asr_server.engine import forward
+from asr_server.engine import forward, kv_cache
 from asr_server.engine.audio_decoding import decode_wav
 from asr_server.engine.decoding_loop import DecodingLoop, mel_of
 from asr_server.engine.job import Speech
@@ -140,7 +140,7 @@ def windows_of(engine: Engine, items: list[tuple[np.ndarray, TranscribeOptions]]
                speech: dict[int, list[SpeechRegion]] | None = None) -> list[RequestWindows]:
     """The loop's own record of each request (its windows' decisions), not the engine's answer;
     ``speech``: the VAD's regions for some of them, as the scheduler hands them over."""
-    loop = DecodingLoop(engine.model, None, torch.float32, False, engine._prepare,
+    loop = DecodingLoop(engine.model, len(items), None, torch.float32, False, engine._prepare,
                         lambda work, windows: windows)
     requests = [ListedRequest(samples, options) for samples, options in items]
     for index, regions in (speech or {}).items():
@@ -193,7 +193,7 @@ class OutOfMemoryInjector:
         self.real = forward.step
         self.passes: list[int] = []
 
-    def __call__(self, caches: forward.Caches, feeds: Sequence[forward.Feed]) -> torch.Tensor:
+    def __call__(self, caches: kv_cache.Caches, feeds: Sequence[forward.Feed]) -> torch.Tensor:
         if len(feeds) > 1 or any(caches.lengths[feed.slot] > self.too_long for feed in feeds):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected fault)")
         self.passes.append(len(feeds))

@@ -15,10 +15,20 @@ Each iteration of ``DecodingLoop.serve``:
    the window again at the next temperature, or cut it into segments, move
    the seek on and start the next window, or answer the request at once.
 
-Out of memory, and only that, is met one way: the failed encode or pass is
-run again in halves, down to one window; a window that cannot run alone
-fails its request alone. Any other failure of a shared pass fails the
-requests in it, and the loop goes on serving.
+Faults, by kind, wherever in an iteration they come (the encoder, a slot's
+opening, a prompt, the pass, the searches' advance and the caches'
+rearrangement, word alignment):
+
+- out of memory: the failed encode or pass is run again in halves, down to
+  one window, which traces it to the requests it belongs to; a window that
+  cannot run alone fails its request alone (and an advance that fails after
+  its pass, the requests of that pass);
+- a device fault (a CUDA error, a device-side assert: the context may be
+  unusable for every later call) is fatal: ``DeviceFailed`` ends ``serve``,
+  the scheduler answers every held request ``internal_error`` and the
+  process exits 70 for systemd to restart it;
+- anything else fails the requests it came from (on the CPU, one request's
+  bad audio fails that request), and the loop goes on serving.
 """
 
 from __future__ import annotations
@@ -35,7 +45,8 @@ from whisper.timing import add_word_timestamps
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from asr_server.contract.domain import Transcription
-from asr_server.engine import forward
+from asr_server.engine import forward, kv_cache
+from asr_server.engine.faults import is_out_of_memory, raise_if_device_fault
 from asr_server.engine.job import Job, Source
 from asr_server.engine.search import Rules, WindowSearch, advance_all
 from asr_server.engine.transcribe_state import (
@@ -55,11 +66,6 @@ Finish = Callable[[Job, RequestWindows], Transcription]
 Progress = Callable[[Job, RequestWindows], None]  # after each window is final (streaming)
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError, or the RuntimeError older torch and the CPU allocator raise."""
-    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
-
-
 @dataclass(eq=False)
 class _Running:
     work: Job
@@ -72,7 +78,8 @@ class _Running:
 class DecodingLoop:
     """Owns the model's passes for every running request; only the worker thread calls ``serve``."""
 
-    def __init__(self, model: Whisper, beam_size: int | None, dtype: torch.dtype, batched_attention: bool,
+    def __init__(self, model: Whisper, slots: int, beam_size: int | None, dtype: torch.dtype,
+                 batched_attention: bool,
                  prepare: Prepare, finish: Finish, progress: Progress = lambda work, windows: None
                  ) -> None:
         self.model = model
@@ -80,7 +87,7 @@ class DecodingLoop:
         self.dtype = dtype
         self.device = model.decoder.token_embedding.weight.device
         self.prepare, self.finish, self.progress = prepare, finish, progress
-        self.caches = forward.Caches(model, max(beam_size or 1, BEST_OF), dtype, batched_attention)
+        self.caches = kv_cache.Caches(model, slots, max(beam_size or 1, BEST_OF), dtype, batched_attention)
         self.rules = Rules(self._tokenizer("en", "transcribe"), model.dims.n_audio_ctx)
         self.language_tokenizer = restricted_language_tokenizer(model)
 
@@ -91,11 +98,12 @@ class DecodingLoop:
     def serve(self, source: Source, capacity: int, observe_pass: Callable[[int], None]) -> None:
         """Run requests from ``source`` until it is stopped and drained."""
         running: list[_Running] = []
+        capacity = min(capacity, self.caches.slots)  # a request takes a place only with a slot free
         with torch.inference_mode():
             while True:
                 while len(running) < capacity:
                     if not running:
-                        self.caches.release()  # idle: the caches' memory goes back
+                        self.caches.forget()  # idle: on the CPU, the pages it wrote go back
                     work = source.next(block=not running)
                     if work is None:
                         if not running:
@@ -122,6 +130,7 @@ class DecodingLoop:
         try:
             prepared = self.prepare(work)
         except Exception as exc:  # this request's audio or options: it alone fails
+            raise_if_device_fault(exc)
             work.settle(None, exc)
             return
         if not isinstance(prepared, RequestWindows):
@@ -139,6 +148,7 @@ class DecodingLoop:
             r.work.settle(result, error)
 
     def _fail(self, r: _Running, running: list[_Running], error: BaseException) -> None:
+        raise_if_device_fault(error)
         if is_out_of_memory(error) and torch.cuda.is_available():
             torch.cuda.empty_cache()  # give the cached blocks back to whoever runs next
         self._end(r, running, None, error)
@@ -224,9 +234,13 @@ class DecodingLoop:
             for r in live:
                 self._fail(r, running, exc)
             return
-        for r, sources in zip(live, advance_all(self.rules, searches, logits), strict=True):
-            if sources is not None and r.slot is not None:
-                self.caches.rearrange(r.slot, sources)
+        try:
+            for r, sources in zip(live, advance_all(self.rules, searches, logits), strict=True):
+                if sources is not None and r.slot is not None:
+                    self.caches.rearrange(r.slot, sources)
+        except Exception as exc:  # the pass ran: these searches cannot run it again
+            for r in live:
+                self._fail(r, running, exc)
 
     def _settle_search(self, r: _Running, running: list[_Running]) -> None:
         assert r.search is not None and r.windows.tokenizer is not None

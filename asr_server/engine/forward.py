@@ -1,11 +1,8 @@
 """The model's forward passes for the decoding loop: encoder, prompt, and one decoder pass for all.
 
-Every window being decoded owns a *slot* in ``Caches``: its audio's
-cross-attention keys and values, computed once from the encoder's output
-(a temperature fallback reuses them), and its sequences' self-attention
-keys and values, one row per sequence, up to ``rows`` rows. All slots live
-in one tensor per layer and kind, grown by doubling, so that a decoder pass
-can attend over every sequence of every window in one go.
+Every window being decoded owns a *slot* in the static cache
+(``kv_cache.Caches``): its audio's cross-attention keys and values, and its
+sequences' self-attention keys and values.
 
 ``step`` feeds one token more to every live sequence at once: the linear
 layers, the MLPs and the vocabulary projection see all rows together. It
@@ -16,8 +13,7 @@ attends in one of two forms, on the same storage:
 - per window: each window against its own slot at its own length, no work
   on padding (the CPU, where it measured faster: docs/benchmarks.md).
 
-A pass that fails leaves every length as it was, so the loop may run it
-again in halves.
+A pass that fails leaves every length as it was.
 """
 
 from __future__ import annotations
@@ -30,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from whisper.model import Whisper
 
-_FIRST_CAPACITY = 32
+from asr_server.engine.kv_cache import Caches
 
 
 @dataclass(frozen=True)
@@ -39,111 +35,6 @@ class Feed:
 
     slot: int
     tokens: Sequence[int]
-
-
-class Caches:
-    """The caches of every window in the batch, in slots of ``rows`` sequences each."""
-
-    def __init__(self, model: Whisper, rows: int, dtype: torch.dtype, batched: bool) -> None:
-        dims = model.dims
-        self.model = model
-        self.rows = rows
-        self.dtype = dtype
-        self.batched = batched
-        self.device = model.decoder.token_embedding.weight.device
-        self.heads = dims.n_text_head
-        self.head_dim = dims.n_text_state // dims.n_text_head
-        self.frames = dims.n_audio_ctx
-        self.n_ctx = dims.n_text_ctx
-        self.layers = dims.n_text_layer
-        self.lengths: list[int] = []  # per slot: tokens in its self-attention cache
-        self.free: list[int] = []
-        self.self_k: list[Tensor] = []  # per layer: (slots, rows, heads, capacity, head_dim)
-        self.self_v: list[Tensor] = []
-        self.cross_k: list[Tensor] = []  # per layer: (slots, heads, head_dim, frames)
-        self.cross_v: list[Tensor] = []  # per layer: (slots, heads, frames, head_dim)
-
-    @property
-    def slots(self) -> int:
-        return len(self.lengths)
-
-    @property
-    def capacity(self) -> int:
-        return self.self_k[0].shape[3] if self.self_k else 0
-
-    def _new(self, *shape: int) -> Tensor:
-        # Batched attention reads every position of a slot, masked: nothing there may be NaN.
-        make = torch.zeros if self.batched else torch.empty
-        return make(shape, dtype=self.dtype, device=self.device)
-
-    def open(self, features: Tensor) -> int:
-        """A slot for one window, its cross-attention caches computed from ``features`` (1, frames, state)."""
-        if not self.free:
-            self._grow_slots(max(1, 2 * self.slots))
-        slot = min(self.free)
-        self.free.remove(slot)
-        self.lengths[slot] = 0
-        features = features.to(self.dtype)
-        for layer, block in enumerate(self.model.decoder.blocks):
-            attn = block.cross_attn
-            keys = attn.key(features).view(self.frames, self.heads, self.head_dim)
-            values = attn.value(features).view(self.frames, self.heads, self.head_dim)
-            self.cross_k[layer][slot] = keys.permute(1, 2, 0)
-            self.cross_v[layer][slot] = values.transpose(0, 1)
-        return slot
-
-    def close(self, slot: int) -> None:
-        self.free.append(slot)
-
-    def release(self) -> None:
-        """Drop every slot's memory; only when no window is open."""
-        if len(self.free) != self.slots:
-            raise RuntimeError("a window still holds a slot")
-        self.lengths, self.free = [], []
-        self.self_k, self.self_v, self.cross_k, self.cross_v = [], [], [], []
-
-    def _grow_slots(self, slots: int) -> None:
-        old = self.slots
-        capacity = max(self.capacity, _FIRST_CAPACITY)
-        for caches, shape in ((self.self_k, (self.rows, self.heads, capacity, self.head_dim)),
-                              (self.self_v, (self.rows, self.heads, capacity, self.head_dim)),
-                              (self.cross_k, (self.heads, self.head_dim, self.frames)),
-                              (self.cross_v, (self.heads, self.frames, self.head_dim))):
-            for layer in range(self.layers):
-                grown = self._new(slots, *shape)
-                if old:
-                    grown[:old] = caches[layer]
-                if layer < len(caches):
-                    caches[layer] = grown
-                else:
-                    caches.append(grown)
-        self.lengths += [0] * (slots - old)
-        self.free += list(range(old, slots))
-
-    def reserve(self, length: int) -> None:
-        """Room for ``length`` tokens in every slot; the capacity grows by doubling."""
-        capacity = self.capacity
-        if length <= capacity:
-            return
-        while capacity < length:
-            capacity *= 2
-        for caches in (self.self_k, self.self_v):
-            for layer, old in enumerate(caches):
-                grown = self._new(*old.shape[:3], capacity, self.head_dim)
-                grown[:, :, :, : old.shape[3]] = old
-                caches[layer] = grown
-
-    def rearrange(self, slot: int, sources: list[int]) -> None:
-        """Beam search: row i of ``slot`` continues old row ``sources[i]``; only moved rows are copied."""
-        moved = [(target, source) for target, source in enumerate(sources) if target != source]
-        if not moved:
-            return
-        targets = torch.tensor([t for t, _ in moved], device=self.device)
-        origins = torch.tensor([s for _, s in moved], device=self.device)
-        length = self.lengths[slot]
-        for cache in (*self.self_k, *self.self_v):
-            history = cache[slot, :, :, :length]
-            history.index_copy_(0, targets, history.index_select(0, origins))
 
 
 def encode(model: Whisper, mels: Tensor) -> Tensor:
@@ -158,7 +49,7 @@ def prefill(caches: Caches, slot: int, prompt: Sequence[int], rows: int, read: S
     """
     decoder = caches.model.decoder
     length = len(prompt)
-    caches.reserve(length)
+    caches.fits(length)
     tokens = torch.tensor([list(prompt)], device=caches.device)
     x = (decoder.token_embedding(tokens) + decoder.positional_embedding[:length]).to(caches.dtype)
     causal = torch.full((length, length), float("-inf"), device=caches.device).triu_(1)
@@ -189,7 +80,7 @@ def step(caches: Caches, feeds: Sequence[Feed]) -> Tensor:
     """One token more for every row of every feed, in one pass; the logits (rows, vocabulary), float32."""
     decoder = caches.model.decoder
     lengths = [caches.lengths[feed.slot] for feed in feeds]
-    caches.reserve(max(lengths) + 1)
+    caches.fits(max(lengths) + 1)
     counts = [len(feed.tokens) for feed in feeds]
     device = caches.device
     slot_of_row = torch.tensor([feed.slot for feed in feeds for _ in feed.tokens], device=device)

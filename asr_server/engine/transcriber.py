@@ -60,6 +60,7 @@ class EngineSettings:
     # How a decoder pass attends (forward.py): None picks batched on CUDA, per window on the CPU.
     batched_attention: bool | None = None
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (model_loading.py)
+    max_batch: int = 8  # requests decoded at once: the static cache's slots (forward.py)
 
 
 @dataclass(eq=False)
@@ -106,12 +107,18 @@ class Engine:
             self.model = quantize_int8(self.model)
         self.vad = SpeechDetector() if settings.vad else None
         batched = settings.batched_attention
-        self.loop = DecodingLoop(self.model, settings.beam_size if settings.beam_size > 1 else None,
+        self.loop = DecodingLoop(self.model, settings.max_batch,
+                                 settings.beam_size if settings.beam_size > 1 else None,
                                  self.dtype, self.device.type == "cuda" if batched is None else batched,
                                  self._prepare, self._finish, self._progress)
         self.load_seconds = time.monotonic() - started
-        log.info("model %s loaded on %s (%s) in %.1f s", settings.model_path.name, self.device,
-                 self.dtype_name, self.load_seconds)
+        log.info("model %s loaded on %s (%s) in %.1f s; KV cache of %d slots reserved: %.0f MiB",
+                 settings.model_path.name, self.device, self.dtype_name, self.load_seconds,
+                 settings.max_batch, self.cache_bytes / 2**20)
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.loop.caches.reserved_bytes
 
     def _dtype(self, settings: EngineSettings) -> torch.dtype:
         if settings.quantize == "int8":
