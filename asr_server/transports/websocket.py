@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from asr_server.admission import client_address
+from asr_server.admission import Allowance, client_address
 from asr_server.contract import frames
 from asr_server.contract.domain import TranscribeOptions, Transcription
 from asr_server.contract.errors import (
@@ -154,7 +154,8 @@ class WebSocketTransport:
         await ws.close(CLOSE_NORMAL)
 
     async def _receive_and_transcribe(self, ws: GatedConnection, record: RequestRecord,
-                                      request: frames.TranscribeRequest, allowance: Any) -> Transcription:
+                                      request: frames.TranscribeRequest, allowance: Allowance
+                                      ) -> Transcription:
         """Frame 2, held within the audio budget from its header until the transcript is ready."""
         # The frame's declared size is reserved before its payload is read (websocket_gate).
         ws.open_gate(self.config.effective_max_audio_bytes, allowance.hold)
