@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,13 +46,13 @@ class Timings:
         encoder.register_forward_hook(lambda module, args, out: self._encoded(started.pop()))
         real = forward.step
 
-        def timed(caches: forward.Caches, feeds: Sequence[forward.Feed]) -> torch.Tensor:
+        def timed(caches: forward.Caches, plan: forward.Plan) -> torch.Tensor:
             begun = time.perf_counter()
             try:
-                return real(caches, feeds)
+                return real(caches, plan)
             finally:
                 self.passes_s += time.perf_counter() - begun
-                self.passes.append(len(feeds))
+                self.passes.append(len(plan.entries))
 
         forward.step = timed  # the loop calls forward.step through the module
 

@@ -29,7 +29,9 @@ from whisper.tokenizer import get_tokenizer
 
 from asr_server.engine import forward, kv_cache
 from asr_server.engine.model_loading import DTYPES, hold_in
-from asr_server.engine.search import Rules, SearchSpec, WindowSearch, advance_all
+from asr_server.engine.pass_plan import Entry, advance, make_plan
+from asr_server.engine.search import SearchSpec, WindowSearch
+from asr_server.engine.token_choice import Rules
 
 SHAPES = {
     "large-v3": ModelDimensions(128, 1500, 1280, 20, 32, 51866, 448, 1280, 20, 32),
@@ -53,23 +55,24 @@ def loop_decode(model: Whisper, mel: torch.Tensor, options: DecodingOptions) -> 
     caches = kv_cache.Caches(model, len(mel), beam or 1, mel.dtype, batched=mel.is_cuda)
     features = forward.encode(model, mel)
     prompt = list(tokenizer.sot_sequence)
-    searches, slots = [], []
+    entries = []
     for window in features:
         slot = caches.open(window.unsqueeze(0))
         search = WindowSearch(SearchSpec(0.0, beam_size=beam), prompt, 0, options.sample_len or 32, 448)
         logits = forward.prefill(caches, slot, prompt, search.rows, (0, len(prompt) - 1))
-        advance_all(rules, [search], logits[1:].expand(search.rows, -1).clone())
-        searches.append(search)
-        slots.append(slot)
-    while not all(search.done for search in searches):
-        logits = forward.step(caches, [forward.Feed(slot, search.last_tokens())
-                                       for slot, search in zip(slots, searches, strict=True)])
-        for slot, moves in zip(slots, advance_all(rules, searches, logits), strict=True):
-            if moves is not None:
-                caches.rearrange(slot, moves)
+        first = make_plan(caches, rules, [Entry(slot, search)])
+        advance(rules, first, logits[1:].expand(search.rows, -1).clone())
+        entries.append(Entry(slot, search))
+    while not all(entry.search.done for entry in entries):
+        plan = make_plan(caches, rules, entries)  # as the loop's pass: one copy, moves, pass, one read
+        forward.rearrange(caches, plan)
+        moves = advance(rules, plan, forward.step(caches, plan))
+        entries = [Entry(entry.slot, entry.search, moved)
+                   for entry, moved in zip(entries, moves, strict=True)]
+    searches = [entry.search for entry in entries]
     assert all(search.length - len(prompt) == options.sample_len for search in searches)
-    for slot in slots:
-        caches.close(slot)
+    for entry in entries:
+        caches.close(entry.slot)
 
 
 def timed(decode: Callable[[Whisper, torch.Tensor, DecodingOptions], None], model: Whisper,

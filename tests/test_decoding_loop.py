@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,6 +25,7 @@ from asr_server.engine import forward, kv_cache
 from asr_server.engine.audio_decoding import decode_wav
 from asr_server.engine.decoding_loop import DecodingLoop, mel_of
 from asr_server.engine.job import Speech
+from asr_server.engine.pass_plan import Plan
 from asr_server.engine.transcribe_state import (
     COMPRESSION_RATIO_THRESHOLD,
     LOGPROB_THRESHOLD,
@@ -193,11 +194,11 @@ class OutOfMemoryInjector:
         self.real = forward.step
         self.passes: list[int] = []
 
-    def __call__(self, caches: kv_cache.Caches, feeds: Sequence[forward.Feed]) -> torch.Tensor:
-        if len(feeds) > 1 or any(caches.lengths[feed.slot] > self.too_long for feed in feeds):
+    def __call__(self, caches: kv_cache.Caches, plan: Plan) -> torch.Tensor:
+        if len(plan.entries) > 1 or any(length > self.too_long for length in plan.lengths):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected fault)")
-        self.passes.append(len(feeds))
-        return self.real(caches, feeds)
+        self.passes.append(len(plan.entries))
+        return self.real(caches, plan)
 
 
 def test_out_of_memory_runs_the_pass_in_halves_and_fails_only_the_window_too_big(

@@ -110,8 +110,8 @@ def test_out_of_memory_in_the_advance_after_a_pass_fails_that_pass_and_the_loop_
         engine: Engine, three: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     alone = [engine.transcribe(*item) for item in three]
     # Calls 1-3 are each request's first token (after its prompt); call 4 is the first shared pass.
-    double = FailsOnCall(decoding_loop.advance_all, 4, torch.OutOfMemoryError(OOM))
-    monkeypatch.setattr(decoding_loop, "advance_all", double)
+    double = FailsOnCall(decoding_loop.advance, 4, torch.OutOfMemoryError(OOM))
+    monkeypatch.setattr(decoding_loop, "advance", double)
     results = engine.transcribe_batch(three)
     assert all(isinstance(r, torch.OutOfMemoryError) for r in results), results
     assert len(engine.loop.caches.free) == engine.loop.caches.slots
@@ -150,11 +150,11 @@ class DeviceAssertInTheSecondPass:
     assert.'''
     def __init__(self):
         self.real, self.calls, self.armed = forward.step, 0, False
-    def __call__(self, caches, feeds):
+    def __call__(self, caches, plan):
         self.calls += self.armed
         if self.calls == 2:
             raise RuntimeError("CUDA error: device-side assert triggered (injected fault)")
-        return self.real(caches, feeds)
+        return self.real(caches, plan)
 
 forward.step = double = DeviceAssertInTheSecondPass()
 warm_up = Engine.warm_up

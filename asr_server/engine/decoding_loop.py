@@ -9,8 +9,10 @@ Each iteration of ``DecodingLoop.serve``:
    encoder is compute-bound; stacked on CUDA), opens a cache slot for each
    and runs its prompt; a request without a language has it detected on
    its first window's encoding;
-4. runs one decoder pass for every live sequence of every request
-   (forward.step) and moves every search one token on (search.advance_all);
+4. runs one decoder pass for every live sequence of every request: one copy
+   to the device (pass_plan.make_plan), the beams' last moves in the cache
+   (forward.rearrange), the pass (forward.step), the tokens chosen on the
+   device and read back once, every search one token on (pass_plan.advance);
 5. settles each finished search by whisper's rules (transcribe_state.py): decode
    the window again at the next temperature, or cut it into segments, move
    the seek on and start the next window, or answer the request at once.
@@ -48,7 +50,9 @@ from asr_server.contract.domain import Transcription
 from asr_server.engine import forward, kv_cache
 from asr_server.engine.faults import is_out_of_memory, raise_if_device_fault
 from asr_server.engine.job import Job, Source
-from asr_server.engine.search import Rules, WindowSearch, advance_all
+from asr_server.engine.pass_plan import Entry, advance, make_plan
+from asr_server.engine.search import WindowSearch
+from asr_server.engine.token_choice import Rules
 from asr_server.engine.transcribe_state import (
     APPEND_PUNCTUATIONS,
     BEST_OF,
@@ -72,6 +76,7 @@ class _Running:
     windows: RequestWindows
     slot: int | None = None
     search: WindowSearch | None = None
+    moves: list[int] | None = None  # beam search: the rows its last advance moved, not yet in the cache
     windows_done: int = field(default=0)
 
 
@@ -210,18 +215,28 @@ class DecodingLoop:
         search = r.windows.search()
         logits = forward.prefill(self.caches, r.slot, search.initial_tokens, search.rows,
                                  (search.sot_index, search.sample_begin - 1))
-        search.begin(self.rules, logits[0])
-        advance_all(self.rules, [search], logits[1:].expand(search.rows, -1).clone())
-        r.search = search
+        no_speech = None if self.rules.no_speech is None else logits[0].softmax(dim=-1)[self.rules.no_speech]
+        plan = make_plan(self.caches, self.rules, [Entry(r.slot, search)])
+        advance(self.rules, plan, logits[1:].expand(search.rows, -1).clone(), no_speech)
+        r.search, r.moves = search, None  # its rows share the prompt: nothing to move
 
     # -- the shared pass ------------------------------------------------------------------------------
 
     def _pass(self, live: list[_Running], running: list[_Running]) -> None:
-        searches = [r.search for r in live if r.search is not None]
-        feeds = [forward.Feed(r.slot, s.last_tokens()) for r, s in zip(live, searches, strict=True)
-                 if r.slot is not None]
+        live = sorted(live, key=lambda r: r.search.kind if r.search is not None else 0)
+        entries = [Entry(r.slot, r.search, r.moves) for r in live
+                   if r.slot is not None and r.search is not None]
         try:
-            logits = forward.step(self.caches, feeds)
+            plan = make_plan(self.caches, self.rules, entries)
+            forward.rearrange(self.caches, plan)
+        except Exception as exc:  # the moves may be half made: these searches cannot go on
+            for r in live:
+                self._fail(r, running, exc)
+            return
+        for r in live:
+            r.moves = None
+        try:
+            logits = forward.step(self.caches, plan)
         except Exception as exc:
             if len(live) > 1 and is_out_of_memory(exc):
                 if torch.cuda.is_available():
@@ -235,9 +250,8 @@ class DecodingLoop:
                 self._fail(r, running, exc)
             return
         try:
-            for r, sources in zip(live, advance_all(self.rules, searches, logits), strict=True):
-                if sources is not None and r.slot is not None:
-                    self.caches.rearrange(r.slot, sources)
+            for r, moves in zip(live, advance(self.rules, plan, logits), strict=True):
+                r.moves = moves
         except Exception as exc:  # the pass ran: these searches cannot run it again
             for r in live:
                 self._fail(r, running, exc)
@@ -254,7 +268,7 @@ class DecodingLoop:
         except Exception as exc:
             self._fail(r, running, exc)
             return
-        r.search = None
+        r.search, r.moves = None, None
         r.windows_done += 1
         if r.slot is not None:
             self.caches.close(r.slot)

@@ -19,7 +19,6 @@ A pass that fails leaves every length as it was.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,14 +26,7 @@ from torch import Tensor
 from whisper.model import Whisper
 
 from asr_server.engine.kv_cache import Caches
-
-
-@dataclass(frozen=True)
-class Feed:
-    """One window's part of a decoder pass: its slot and the token each of its rows takes next."""
-
-    slot: int
-    tokens: Sequence[int]
+from asr_server.engine.pass_plan import Plan
 
 
 def encode(model: Whisper, mels: Tensor) -> Tensor:
@@ -76,38 +68,43 @@ def prefill(caches: Caches, slot: int, prompt: Sequence[int], rows: int, read: S
     return logits
 
 
-def step(caches: Caches, feeds: Sequence[Feed]) -> Tensor:
-    """One token more for every row of every feed, in one pass; the logits (rows, vocabulary), float32."""
+def rearrange(caches: Caches, plan: Plan) -> None:
+    """Make the beams' moves since the last pass in the cache: row ``move_target`` of ``move_slot``
+    continues row ``move_origin``, whose history it takes. One copy per layer for every slot."""
+    if not plan.moved:
+        return
+    length = plan.move_length
+    for cache in (*caches.self_k, *caches.self_v):
+        history = cache[:, :, :, :length]
+        history[plan.move_slot, plan.move_target] = history[plan.move_slot, plan.move_origin]
+
+
+def step(caches: Caches, plan: Plan) -> Tensor:
+    """One token more for every row of the plan, in one pass; the logits (rows, vocabulary), float32.
+
+    Its indices are the plan's device tensors: nothing here copies to or reads from the device.
+    """
     decoder = caches.model.decoder
-    lengths = [caches.lengths[feed.slot] for feed in feeds]
-    caches.fits(max(lengths) + 1)
-    counts = [len(feed.tokens) for feed in feeds]
-    device = caches.device
-    slot_of_row = torch.tensor([feed.slot for feed in feeds for _ in feed.tokens], device=device)
-    row_in_slot = torch.tensor([row for feed in feeds for row in range(len(feed.tokens))], device=device)
-    position = torch.tensor([length for length, count in zip(lengths, counts, strict=True)
-                             for _ in range(count)], device=device)
-    tokens = torch.tensor([[token] for feed in feeds for token in feed.tokens], device=device)
-    x = decoder.token_embedding(tokens) + decoder.positional_embedding[position].unsqueeze(1)
-    x = x.to(caches.dtype)
-    total, heads, head_dim = tokens.shape[0], caches.heads, caches.head_dim
-    attend: _PerWindow | _Batched = (_Batched(caches, feeds, lengths) if caches.batched
-                                     else _PerWindow(caches, feeds, lengths, counts))
+    caches.fits(max(plan.lengths) + 1)
+    x = decoder.token_embedding(plan.tokens.unsqueeze(1))
+    x = (x + decoder.positional_embedding[plan.position].unsqueeze(1)).to(caches.dtype)
+    total, heads, head_dim = plan.tokens.shape[0], caches.heads, caches.head_dim
+    attend: _PerWindow | _Batched = _Batched(caches, plan) if caches.batched else _PerWindow(caches, plan)
+    where = (plan.slot_of_row, plan.row_in_slot, slice(None), plan.position)
     for layer, block in enumerate(decoder.blocks):
         attn, h = block.attn, _norm(block.attn_ln, x)
         q = attn.query(h).view(total, heads, head_dim)
-        where = (slot_of_row, row_in_slot, slice(None), position)
         caches.self_k[layer][where] = attn.key(h).view(total, heads, head_dim)
         caches.self_v[layer][where] = attn.value(h).view(total, heads, head_dim)
-        x = x + attn.out(attend.self(layer, q, slot_of_row, row_in_slot).reshape(total, 1, -1))
+        x = x + attn.out(attend.self(layer, q).reshape(total, 1, -1))
         cross, h = block.cross_attn, _norm(block.cross_attn_ln, x)
         q = cross.query(h).view(total, heads, head_dim)
-        x = x + cross.out(attend.cross(layer, q, slot_of_row, row_in_slot).reshape(total, 1, -1))
+        x = x + cross.out(attend.cross(layer, q).reshape(total, 1, -1))
         x = x + block.mlp(_norm(block.mlp_ln, x))
     hidden: Tensor = _norm(decoder.ln, x)[:, -1]
     logits: Tensor = (hidden @ decoder.token_embedding.weight.to(hidden.dtype).T).float()
-    for feed in feeds:  # only once the whole pass has succeeded: a failed one may be run again
-        caches.lengths[feed.slot] += 1
+    for entry in plan.entries:  # only once the whole pass has succeeded: a failed one may be run again
+        caches.lengths[entry.slot] += 1
     return logits
 
 
@@ -127,55 +124,55 @@ def _softmax_apply(scores: Tensor, values: Tensor) -> Tensor:
 class _PerWindow:
     """Each window attends against its own slot at its own length."""
 
-    def __init__(self, caches: Caches, feeds: Sequence[Feed], lengths: list[int], counts: list[int]) -> None:
-        self.caches, self.feeds, self.lengths, self.counts = caches, feeds, lengths, counts
+    def __init__(self, caches: Caches, plan: Plan) -> None:
+        self.caches, self.plan = caches, plan
 
-    def self(self, layer: int, q: Tensor, slot_of_row: Tensor, row_in_slot: Tensor) -> Tensor:
+    def self(self, layer: int, q: Tensor) -> Tensor:
         keys, values = self.caches.self_k[layer], self.caches.self_v[layer]
         scale = self.caches.head_dim ** -0.5
         parts = []
-        for feed, length, part in zip(self.feeds, self.lengths, torch.split(q, self.counts), strict=True):
-            rows, end = len(feed.tokens), length + 1
-            k, v = keys[feed.slot, :rows, :, :end], values[feed.slot, :rows, :, :end]
+        plan = self.plan
+        for entry, length, part in zip(plan.entries, plan.lengths, torch.split(q, plan.counts), strict=True):
+            rows, end = entry.search.rows, length + 1
+            k, v = keys[entry.slot, :rows, :, :end], values[entry.slot, :rows, :, :end]
             parts.append(_softmax_apply((part.unsqueeze(2) * scale) @ k.transpose(-1, -2), v))
         return torch.cat(parts)  # (rows, heads, 1, head_dim)
 
-    def cross(self, layer: int, q: Tensor, slot_of_row: Tensor, row_in_slot: Tensor) -> Tensor:
+    def cross(self, layer: int, q: Tensor) -> Tensor:
         keys, values = self.caches.cross_k[layer], self.caches.cross_v[layer]
         scale = self.caches.head_dim ** -0.5
         parts = []
-        for feed, part in zip(self.feeds, torch.split(q, self.counts), strict=True):
+        for entry, part in zip(self.plan.entries, torch.split(q, self.plan.counts), strict=True):
             # The rows of one window share its audio: their queries form one block.
             block = part.transpose(0, 1) * scale  # (heads, rows, head_dim)
-            parts.append(_softmax_apply(block @ keys[feed.slot], values[feed.slot]).transpose(0, 1))
+            parts.append(_softmax_apply(block @ keys[entry.slot], values[entry.slot]).transpose(0, 1))
         return torch.cat(parts)  # (rows, heads, head_dim)
 
 
 class _Batched:
     """All slots attend at once, padded and masked: launches per layer do not grow with the batch."""
 
-    def __init__(self, caches: Caches, feeds: Sequence[Feed], lengths: list[int]) -> None:
-        self.caches = caches
-        self.used = max(feed.slot for feed in feeds) + 1
-        self.end = max(lengths) + 1
-        ends = torch.ones(self.used, dtype=torch.long)  # slots outside this pass: any one position
-        ends[[feed.slot for feed in feeds]] = torch.tensor([length + 1 for length in lengths])
-        mask = torch.zeros(self.used, self.end)
-        mask[torch.arange(self.end).expand(self.used, -1) >= ends.unsqueeze(1)] = float("-inf")
-        self.mask = mask.view(self.used, 1, 1, 1, self.end).to(caches.device)
+    def __init__(self, caches: Caches, plan: Plan) -> None:
+        self.caches, self.plan = caches, plan
+        self.used = plan.used_slots
+        self.end = max(plan.lengths) + 1
+        positions = torch.arange(self.end, device=caches.device)
+        mask = torch.zeros((self.used, self.end), device=caches.device)
+        mask.masked_fill_(positions >= plan.slot_ends.unsqueeze(1), -torch.inf)
+        self.mask = mask.view(self.used, 1, 1, 1, self.end)
 
-    def self(self, layer: int, q: Tensor, slot_of_row: Tensor, row_in_slot: Tensor) -> Tensor:
-        c = self.caches
+    def self(self, layer: int, q: Tensor) -> Tensor:
+        c, plan = self.caches, self.plan
         padded = q.new_zeros((self.used, c.rows, c.heads, 1, c.head_dim))
-        padded[slot_of_row, row_in_slot] = q.unsqueeze(2) * c.head_dim ** -0.5
+        padded[plan.slot_of_row, plan.row_in_slot] = q.unsqueeze(2) * c.head_dim ** -0.5
         keys = c.self_k[layer][: self.used, :, :, : self.end]
         values = c.self_v[layer][: self.used, :, :, : self.end]
         out = _softmax_apply((padded @ keys.transpose(-1, -2)).float() + self.mask, values)
-        return out[slot_of_row, row_in_slot]  # (rows, heads, 1, head_dim)
+        return out[plan.slot_of_row, plan.row_in_slot]  # (rows, heads, 1, head_dim)
 
-    def cross(self, layer: int, q: Tensor, slot_of_row: Tensor, row_in_slot: Tensor) -> Tensor:
-        c = self.caches
+    def cross(self, layer: int, q: Tensor) -> Tensor:
+        c, plan = self.caches, self.plan
         padded = q.new_zeros((self.used, c.heads, c.rows, c.head_dim))
-        padded[slot_of_row, :, row_in_slot] = q * c.head_dim ** -0.5
+        padded[plan.slot_of_row, :, plan.row_in_slot] = q * c.head_dim ** -0.5
         out = _softmax_apply(padded @ c.cross_k[layer][: self.used], c.cross_v[layer][: self.used])
-        return out[slot_of_row, :, row_in_slot]  # (rows, heads, head_dim)
+        return out[plan.slot_of_row, :, plan.row_in_slot]  # (rows, heads, head_dim)

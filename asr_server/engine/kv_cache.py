@@ -129,15 +129,3 @@ class Caches:
         """Raise unless ``length`` tokens fit a slot (whisper's prompt and sample lengths always do)."""
         if length > self.n_ctx:
             raise ValueError(f"{length} tokens do not fit the decoder's context of {self.n_ctx}")
-
-    def rearrange(self, slot: int, sources: list[int]) -> None:
-        """Beam search: row i of ``slot`` continues old row ``sources[i]``; only moved rows are copied."""
-        moved = [(target, source) for target, source in enumerate(sources) if target != source]
-        if not moved:
-            return
-        targets = torch.tensor([t for t, _ in moved], device=self.device)
-        origins = torch.tensor([s for _, s in moved], device=self.device)
-        length = self.lengths[slot]
-        for cache in (*self.self_k, *self.self_v):
-            history = cache[slot, :, :, :length]
-            history.index_copy_(0, targets, history.index_select(0, origins))

@@ -1,13 +1,12 @@
-"""One 30 s window's search, without the model: whisper's logit rules, greedy, sampling and beam search.
+"""One 30 s window's search on the host: greedy, sampling and beam search, whisper's bookkeeping.
 
 A ``WindowSearch`` holds the sequences of one decode of one window at one
 temperature: a single greedy sequence, ``best_of`` samples, or ``beam_size``
-beams. The decoding loop (decoding_loop.py) runs the model and hands every
-search of the batch its rows of one logits tensor; ``advance_all`` applies
-whisper's rules to all of them at once (suppressed tokens, a blank start,
-timestamps in pairs and never backwards, timestamps when their total
-probability wins) and moves each search one token on, syncing with the
-device once per pass. A search never touches a cache itself: a beam search
+beams. Before each pass it says which of whisper's rules bind each of its
+rows (``constraints``: a blank start, timestamps in pairs and never
+backwards), as three numbers a row that token_choice.py applies on the
+device; after the pass it takes the tokens chosen there (``take_greedy``,
+``take_beams``). A search never touches a cache itself: a beam search
 reports which old row each new row continues, and the loop moves the caches.
 
 Everything here reproduces whisper 20250625's ``DecodingTask`` for the
@@ -22,12 +21,11 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 from whisper.tokenizer import Tokenizer
 
-MAX_INITIAL_TIMESTAMP_S = 1.0
+from asr_server.engine.token_choice import TEXT_FREE, TEXT_NONE, TEXT_ONLY_END, TO_THE_END, Rules
+
+NO_STAMP = -1
 
 
 @dataclass(frozen=True)
@@ -59,24 +57,6 @@ class WindowResult:
         return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-class Rules:
-    """The logit rules of one tokenizer's task, shared by every search of the batch."""
-
-    def __init__(self, tokenizer: Tokenizer, n_audio_ctx: int) -> None:
-        self.eot = tokenizer.eot
-        self.timestamp_begin = tokenizer.timestamp_begin
-        self.no_timestamps = tokenizer.no_timestamps
-        self.no_speech = tokenizer.no_speech
-        specials = [tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev,
-                    tokenizer.sot_lm, tokenizer.no_timestamps]
-        if tokenizer.no_speech is not None:
-            specials.append(tokenizer.no_speech)
-        self.suppress = sorted({*tokenizer.non_speech_tokens, *specials})
-        self.blank = [*tokenizer.encode(" "), tokenizer.eot]
-        precision = 30.0 / n_audio_ctx  # seconds per timestamp token
-        self.max_initial_timestamp = self.timestamp_begin + round(MAX_INITIAL_TIMESTAMP_S / precision)
-
-
 class WindowSearch:
     """The sequences of one window's decode at one temperature, from the prompt's logits on."""
 
@@ -90,6 +70,7 @@ class WindowSearch:
         self.initial_tokens = list(initial_tokens)
         self.sequences = [list(initial_tokens) for _ in range(spec.rows)]
         self.sum_logprobs = [0.0] * spec.rows
+        self.last_stamps = [NO_STAMP] * spec.rows  # per row: its last timestamp token so far
         self.finished: dict[tuple[int, ...], float] = {}  # beam search: ended sequences, by score
         self.no_speech_prob = float("nan")
         self.steps = 0
@@ -107,35 +88,34 @@ class WindowSearch:
     def last_tokens(self) -> list[int]:
         return [sequence[-1] for sequence in self.sequences]
 
-    def begin(self, rules: Rules, sot_logits: Tensor) -> None:
-        """Read the no-speech probability from the prompt's logits at start-of-transcript."""
-        if rules.no_speech is not None:
-            self.no_speech_prob = float(sot_logits.float().softmax(dim=-1)[rules.no_speech])
+    @property
+    def kind(self) -> int:
+        """Where its rows go in a pass: beam searches first, then greedy ones, then sampled ones."""
+        return 0 if self.spec.beam_size is not None else 1 if self.spec.temperature == 0 else 2
 
-    def apply_rules(self, rules: Rules, logits: Tensor) -> None:
-        """whisper's blank and timestamp rules on this search's rows (suppression is done batched)."""
+    def constraints(self, rules: Rules) -> list[tuple[int, int, int]]:
+        """Per row, whisper's timestamp rules as token_choice.py applies them: the text rule, and the
+        timestamps ``[stamp_from, stamp_to)`` the row may not take next."""
         begin = rules.timestamp_begin
-        if self.length == self.sample_begin:
-            logits[:, rules.blank] = -np.inf
-            logits[:, :begin] = -np.inf
-            logits[:, rules.max_initial_timestamp + 1:] = -np.inf
-            return
-        for row, sequence in enumerate(self.sequences):
-            sampled = sequence[self.sample_begin:]
-            last_was_timestamp = len(sampled) >= 1 and sampled[-1] >= begin
-            penultimate_was_timestamp = len(sampled) < 2 or sampled[-2] >= begin
-            if last_was_timestamp:  # timestamps come in pairs, except right before end-of-text
-                if penultimate_was_timestamp:
-                    logits[row, begin:] = -np.inf
-                else:
-                    logits[row, : rules.eot] = -np.inf
-            stamps = [token for token in sampled if token >= begin]
-            if stamps:  # never backwards, and each segment of non-zero length
-                last = stamps[-1] if last_was_timestamp and not penultimate_was_timestamp else stamps[-1] + 1
-                logits[row, begin:last] = -np.inf
+        if self.length == self.sample_begin:  # a timestamp first, and at most 1 s in
+            return [(TEXT_NONE, rules.max_initial_timestamp + 1, TO_THE_END)] * self.rows
+        found = []
+        for sequence, last_stamp in zip(self.sequences, self.last_stamps, strict=True):
+            last_was_timestamp = sequence[-1] >= begin
+            penultimate_was_timestamp = (len(sequence) - self.sample_begin < 2 or sequence[-2] >= begin)
+            if last_was_timestamp and penultimate_was_timestamp:  # a pair just closed: text or the end
+                found.append((TEXT_FREE, begin, TO_THE_END))
+            elif last_was_timestamp:  # its pair's second half, or the end; never backwards
+                found.append((TEXT_ONLY_END, begin, last_stamp))
+            elif last_stamp != NO_STAMP:  # never backwards, and each segment of non-zero length
+                found.append((TEXT_FREE, begin, last_stamp + 1))
+            else:
+                found.append((TEXT_FREE, begin, begin))
+        return found
 
-    def take_greedy(self, tokens: list[int], logprobs: list[float], eot: int) -> None:
+    def take_greedy(self, tokens: list[int], logprobs: list[float], rules: Rules) -> None:
         """whisper's GreedyDecoder.update, for argmax and sampled tokens alike."""
+        eot = rules.eot
         for row, (token, logprob) in enumerate(zip(tokens, logprobs, strict=True)):
             sequence = self.sequences[row]
             if sequence[-1] == eot:
@@ -143,12 +123,14 @@ class WindowSearch:
             else:
                 self.sum_logprobs[row] = _add32(self.sum_logprobs[row], logprob)
             sequence.append(token)
+            if token >= rules.timestamp_begin:
+                self.last_stamps[row] = token
         self._stepped(all(sequence[-1] == eot for sequence in self.sequences))
 
     def take_beams(self, candidate_logprobs: list[list[float]], candidate_tokens: list[list[int]],
-                   eot: int) -> list[int]:
+                   rules: Rules) -> list[int]:
         """whisper's BeamSearchDecoder.update; returns, per new row, the row it continues."""
-        beam = self.rows
+        beam, eot = self.rows, rules.eot
         scores: dict[tuple[int, ...], float] = {}
         sources: dict[tuple[int, ...], int] = {}
         for row, (logprobs, tokens) in enumerate(zip(candidate_logprobs, candidate_tokens, strict=True)):
@@ -167,6 +149,8 @@ class WindowSearch:
                 break
         self.sequences = [list(sequence) for sequence in kept]
         self.sum_logprobs = [scores[sequence] for sequence in kept]
+        self.last_stamps = [sequence[-1] if sequence[-1] >= rules.timestamp_begin
+                            else self.last_stamps[sources[sequence]] for sequence in kept]
         for sequence in sorted(newly_finished, key=newly_finished.__getitem__, reverse=True):
             if len(self.finished) >= beam:
                 break
@@ -205,71 +189,3 @@ class WindowSearch:
 def _add32(total: float, logprob: float) -> float:
     """whisper sums log-probabilities in a float32 tensor: the same rounding, the same rankings."""
     return float(np.float32(total) + np.float32(logprob))
-
-
-def advance_all(rules: Rules, searches: list[WindowSearch], logits: Tensor) -> list[list[int] | None]:
-    """Apply the rules and move every search one token on; ``logits`` holds their rows in order.
-
-    Returns, per search, the rows its caches must be rearranged to (beam search), or None.
-    """
-    logits[:, rules.suppress] = -np.inf
-    offsets = np.cumsum([0, *(search.rows for search in searches)]).tolist()
-    for search, start in zip(searches, offsets, strict=False):
-        search.apply_rules(rules, logits[start: start + search.rows])
-    # Timestamps win when their total probability beats every text token; whisper compares
-    # log-probabilities, whose normaliser is the same on both sides, so logits compare alike.
-    begin = rules.timestamp_begin
-    timestamps_win = logits[:, begin:].logsumexp(dim=-1) > logits[:, :begin].amax(dim=-1)
-    logits[timestamps_win, :begin] = -np.inf
-    logprobs = F.log_softmax(logits, dim=-1)
-
-    chosen = logits.argmax(dim=-1)
-    sampling = [(search, start) for search, start in zip(searches, offsets, strict=False)
-                if search.spec.temperature > 0]
-    for search, start in sampling:
-        rows = logits[start: start + search.rows] / search.spec.temperature
-        chosen[start: start + search.rows] = torch.distributions.Categorical(logits=rows).sample()  # type: ignore[no-untyped-call]
-    chosen_logprobs = logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1)
-    beams = [(search, start) for search, start in zip(searches, offsets, strict=False)
-             if search.spec.beam_size is not None]
-    beam_rows = [row for search, start in beams for row in range(start, start + search.rows)]
-    top_values, top_tokens = (top_k(logprobs[beam_rows], max(s.rows for s, _ in beams) + 1)
-                              if beams else (logprobs[:0], chosen[:0].unsqueeze(1)))
-    # One sync with the device for the whole pass.
-    chosen_list, chosen_lp = chosen.tolist(), chosen_logprobs.tolist()
-    top_values_list, top_tokens_list = top_values.tolist(), top_tokens.tolist()
-
-    moves: list[list[int] | None] = []
-    beam_at = 0
-    for search, start in zip(searches, offsets, strict=False):
-        end = start + search.rows
-        if search.spec.beam_size is None:
-            search.take_greedy(chosen_list[start:end], chosen_lp[start:end], rules.eot)
-            moves.append(None)
-            continue
-        width = search.rows + 1
-        values = [row[:width] for row in top_values_list[beam_at: beam_at + search.rows]]
-        tokens = [row[:width] for row in top_tokens_list[beam_at: beam_at + search.rows]]
-        beam_at += search.rows
-        moves.append(search.take_beams(values, tokens, rules.eot))
-    return moves
-
-
-def top_k(x: Tensor, k: int, block: int = 128) -> tuple[Tensor, Tensor]:
-    """``x.topk(k)`` along the last dimension of a (rows, vocabulary) tensor: the same values and
-    indices (ties aside), about 3x faster on the CPU for a beam's few candidates.
-
-    The k largest of a row lie in the k blocks with the largest maxima: any
-    other block's elements have k larger ones, one in each of those blocks.
-    """
-    rows, width = x.shape
-    blocks = -(-width // block)
-    if blocks <= k or rows == 0:
-        return x.topk(k)
-    padded = F.pad(x, (0, blocks * block - width), value=-np.inf).view(rows, blocks, block)
-    best = padded.amax(dim=-1).topk(k).indices
-    candidates = padded.gather(1, best.unsqueeze(-1).expand(rows, k, block)).view(rows, k * block)
-    values, where = candidates.topk(k)
-    if bool(torch.isneginf(values[:, -1]).any()):  # fewer than k finite: padding could be picked
-        return x.topk(k)
-    return values, best.gather(1, torch.div(where, block, rounding_mode="floor")) * block + where % block
