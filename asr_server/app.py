@@ -55,6 +55,7 @@ def engine_settings(config: Config) -> EngineSettings:
         quantize=config.quantize,
         dtype=config.dtype,
         max_batch=config.max_batch,
+        cuda_graphs=config.cuda_graphs,
     )
 
 

@@ -71,6 +71,7 @@ class Config:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16: the weights' dtype (engine/model_loading.py)
     max_queue: int = 32
     max_batch: int = 8
+    cuda_graphs: bool = True  # replay captured decoder passes on CUDA (engine/cuda_graphs.py)
     queue_deadline_s: float = 300.0
     max_audio_seconds: float = 1800.0
     max_audio_bytes: int = 0  # 0: derived from max_audio_seconds
@@ -147,6 +148,7 @@ class Config:
                                  "must be at least 1"),
             max_batch=reader.get("ASR_MAX_BATCH", int, defaults.max_batch, lambda v: 1 <= v <= 256,
                                  "must be 1..256"),
+            cuda_graphs=reader.boolean("ASR_CUDA_GRAPHS", defaults.cuda_graphs),
             queue_deadline_s=reader.get("ASR_QUEUE_DEADLINE_S", float, defaults.queue_deadline_s,
                                         lambda v: 0 < v <= 86_400, "must be in (0, 86400]"),
             max_audio_seconds=reader.get("MAX_AUDIO_SECONDS", float, defaults.max_audio_seconds,

@@ -28,6 +28,7 @@ from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import get_tokenizer
 
 from asr_server.engine import forward, kv_cache
+from asr_server.engine.cuda_graphs import GraphedPasses
 from asr_server.engine.model_loading import DTYPES, hold_in
 from asr_server.engine.pass_plan import Entry, advance, make_plan
 from asr_server.engine.search import SearchSpec, WindowSearch
@@ -45,34 +46,51 @@ def whisper_decode(model: Whisper, mel: torch.Tensor, options: DecodingOptions) 
     assert all(len(r.tokens) == options.sample_len for r in results), "a decode stopped early"
 
 
-def loop_decode(model: Whisper, mel: torch.Tensor, options: DecodingOptions) -> None:
-    """The decoding loop's work for a batch of windows: encoder (stacked), prompts, then one
-    decoder pass per token for every window and the searches advanced (search.py)."""
-    tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language="en")
-    rules = Rules(tokenizer, model.dims.n_audio_ctx)
-    rules.suppress = sorted({*rules.suppress, tokenizer.eot})  # every decode runs all its tokens
-    beam = options.beam_size
-    caches = kv_cache.Caches(model, len(mel), beam or 1, mel.dtype, batched=mel.is_cuda)
-    features = forward.encode(model, mel)
-    prompt = list(tokenizer.sot_sequence)
-    entries = []
-    for window in features:
-        slot = caches.open(window.unsqueeze(0))
-        search = WindowSearch(SearchSpec(0.0, beam_size=beam), prompt, 0, options.sample_len or 32, 448)
-        logits = forward.prefill(caches, slot, prompt, search.rows, (0, len(prompt) - 1))
-        first = make_plan(caches, rules, [Entry(slot, search)])
-        advance(rules, first, logits[1:].expand(search.rows, -1).clone())
-        entries.append(Entry(slot, search))
-    while not all(entry.search.done for entry in entries):
-        plan = make_plan(caches, rules, entries)  # as the loop's pass: one copy, moves, pass, one read
-        forward.rearrange(caches, plan)
-        moves = advance(rules, plan, forward.step(caches, plan))
-        entries = [Entry(entry.slot, entry.search, moved)
-                   for entry, moved in zip(entries, moves, strict=True)]
-    searches = [entry.search for entry in entries]
-    assert all(search.length - len(prompt) == options.sample_len for search in searches)
-    for entry in entries:
-        caches.close(entry.slot)
+class LoopDecoder:
+    """The decoding loop's work for a batch of windows: encoder (stacked), prompts, then one decoder
+    pass per token for every window (eager, or replayed from CUDA graphs captured here, before any
+    timing) and the searches advanced (pass_plan.py)."""
+
+    def __init__(self, model: Whisper, batch: int, options: DecodingOptions, dtype: torch.dtype,
+                 graphs: bool) -> None:
+        self.tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
+                                       language="en")
+        self.rules = Rules(self.tokenizer, model.dims.n_audio_ctx)
+        self.rules.suppress = sorted({*self.rules.suppress, self.tokenizer.eot})  # every decode runs all
+        self.beam = options.beam_size
+        device = next(model.parameters()).device
+        self.caches = kv_cache.Caches(model, batch, self.beam or 1, dtype, batched=device.type == "cuda",
+                                      scratch=graphs)
+        self.graphs = GraphedPasses(self.caches) if graphs else None
+        if self.graphs is not None:
+            self.graphs.capture_all()
+            assert self.graphs.enabled, "a CUDA graph failed its capture (see the log)"
+
+    def __call__(self, model: Whisper, mel: torch.Tensor, options: DecodingOptions) -> None:
+        caches, rules = self.caches, self.rules
+        features = forward.encode(model, mel)
+        prompt = list(self.tokenizer.sot_sequence)
+        entries = []
+        for window in features:
+            slot = caches.open(window.unsqueeze(0))
+            search = WindowSearch(SearchSpec(0.0, beam_size=self.beam), prompt, 0, options.sample_len or 32,
+                                  448)
+            logits = forward.prefill(caches, slot, prompt, search.rows, (0, len(prompt) - 1))
+            advance(rules, make_plan(caches, rules, [Entry(slot, search)]),
+                    logits[1:].expand(search.rows, -1).clone())
+            entries.append(Entry(slot, search))
+        while not all(entry.search.done for entry in entries):
+            # as the loop's pass: one copy, the beams' moves, the pass, one read
+            bucket = self.graphs.bucket(sum(e.search.rows for e in entries)) if self.graphs else None
+            plan = make_plan(caches, rules, entries, pad_to=bucket)
+            forward.rearrange(caches, plan)
+            logits = forward.step(caches, plan) if self.graphs is None else self.graphs.run(plan)
+            moves = advance(rules, plan, logits)
+            entries = [Entry(entry.slot, entry.search, moved)
+                       for entry, moved in zip(entries, moves, strict=True)]
+        assert all(entry.search.length - len(prompt) == options.sample_len for entry in entries)
+        for entry in entries:
+            caches.close(entry.slot)
 
 
 def timed(decode: Callable[[Whisper, torch.Tensor, DecodingOptions], None], model: Whisper,
@@ -112,8 +130,8 @@ def main() -> int:
              f"{'float16 activations, its weights cast on every op' if fp16 else 'float32'}), ours with the "
              f"weights held in {str(dtype).removeprefix('torch.')} (asr_server/engine/model_loading.py); "
              f"median of {args.repeats} per batch, encoder included.", "",
-             "| model | batch | openai-whisper ms | ours ms | speed-up | ours clips/s |",
-             "|---|---|---|---|---|---|"]
+             "| model | batch | openai-whisper ms | ours, eager ms | ours, CUDA graphs ms | speed-up | "
+             "ours clips/s |", "|---|---|---|---|---|---|---|"]
     for name in args.model:
         torch.manual_seed(0)
         model = Whisper(SHAPES[name]).to(device).eval()
@@ -131,9 +149,16 @@ def main() -> int:
                 theirs = float("nan")
                 if args.beam == 1 or batch == 1:  # whisper's own batched beam search fails
                     theirs = timed(whisper_decode, model, mel, options, args.repeats)
-                ours = timed(loop_decode, held, mel.to(dtype), options, args.repeats)
-            lines.append(f"| {name} | {batch} | {theirs * 1000:.0f} | {ours * 1000:.0f} | "
-                         f"{theirs / ours:.2f}x | {batch / ours:.1f} |")
+                ours_mel = mel.to(dtype)
+                eager = timed(LoopDecoder(held, batch, options, dtype, graphs=False), held, ours_mel, options,
+                              args.repeats)
+                graphed = float("nan")
+                if fp16:
+                    graphed = timed(LoopDecoder(held, batch, options, dtype, graphs=True), held, ours_mel,
+                                    options, args.repeats)
+            ours = graphed if fp16 else eager
+            lines.append(f"| {name} | {batch} | {theirs * 1000:.0f} | {eager * 1000:.0f} | "
+                         f"{graphed * 1000:.0f} | {theirs / ours:.2f}x | {batch / ours:.1f} |")
             print(lines[-1], flush=True)
         del model, held
         if fp16:

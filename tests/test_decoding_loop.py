@@ -23,7 +23,7 @@ import whisper
 from asr_server.contract.domain import Segment, TranscribeOptions, Transcription
 from asr_server.engine import forward, kv_cache
 from asr_server.engine.audio_decoding import decode_wav
-from asr_server.engine.decoding_loop import DecodingLoop, mel_of
+from asr_server.engine.decoding_loop import DecodingLoop
 from asr_server.engine.job import Speech
 from asr_server.engine.pass_plan import Plan
 from asr_server.engine.transcribe_state import (
@@ -37,6 +37,7 @@ from asr_server.engine.transcribe_state import (
 )
 from asr_server.engine.transcriber import Engine, ListedRequest, join_sentences
 from asr_server.engine.vad import SpeechDetector, SpeechRegion
+from asr_server.engine.word_timing import mel_of
 from tests.harness import EVAL_DIR, Clip, ServerProcess, load_manifest, reference_result
 from tests.test_accuracy import SUBSET as ACCURACY_SUBSET
 

@@ -28,10 +28,10 @@ from whisper.tokenizer import get_tokenizer
 
 from asr_server.engine import forward, kv_cache
 from asr_server.engine.audio_decoding import decode_wav
-from asr_server.engine.decoding_loop import mel_of
 from asr_server.engine.pass_plan import Entry, advance, make_plan
 from asr_server.engine.search import SearchSpec, WindowSearch
 from asr_server.engine.token_choice import Rules, sample, top_k
+from asr_server.engine.word_timing import mel_of
 from tests.harness import load_manifest
 
 from .conftest import Engines
@@ -143,19 +143,23 @@ def test_top_k_finds_what_topk_finds() -> None:
         assert torch.equal(x.gather(1, indices), values)
 
 
-def decoding_mid_way(model: Whisper, batched: bool) -> tuple[kv_cache.Caches, Rules, list[Entry]]:
-    """Three windows of real speech, each a few tokens into its search: beam 5, greedy, sampled."""
+def decoding_mid_way(model: Whisper, batched: bool, dtype: torch.dtype = torch.float32,
+                     specs: tuple[SearchSpec, ...] = (SearchSpec(0.0, beam_size=5), SearchSpec(0.0),
+                                                      SearchSpec(0.4, best_of=5)),
+                     scratch: bool = False) -> tuple[kv_cache.Caches, Rules, list[Entry]]:
+    """Three windows of real speech, each at its first token: beam 5, greedy, sampled (on the model's
+    device, the caches in ``dtype``)."""
+    device = model.decoder.token_embedding.weight.device
     tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language="en",
                               task="transcribe")
     rules = Rules(tokenizer, model.dims.n_audio_ctx)
-    caches = kv_cache.Caches(model, 3, 5, torch.float32, batched)
-    clips = [c for c in load_manifest() if c.kind == "short" and c.lang == "en"][:3]
-    specs = [SearchSpec(0.0, beam_size=5), SearchSpec(0.0), SearchSpec(0.4, best_of=5)]
+    caches = kv_cache.Caches(model, 3, 5, dtype, batched, scratch)
+    clips = [c for c in load_manifest() if c.kind == "short" and c.lang == "en"][: len(specs)]
     prompt = list(tokenizer.sot_sequence)
     entries = []
     for clip, spec in zip(clips, specs, strict=True):
         samples = torch.from_numpy(decode_wav(clip.path.read_bytes(), 60).samples)
-        mel = mel_of(samples, model.dims.n_mels)[:, :3000]
+        mel = mel_of(samples.to(device), model.dims.n_mels)[:, :3000].to(dtype)
         slot = caches.open(forward.encode(model, mel.unsqueeze(0)))
         search = WindowSearch(spec, prompt, 0, 224, model.dims.n_text_ctx)
         logits = forward.prefill(caches, slot, prompt, search.rows, (0, len(prompt) - 1))

@@ -38,28 +38,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-import whisper
 from whisper.model import Whisper
-from whisper.timing import add_word_timestamps
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from asr_server.contract.domain import Transcription
 from asr_server.engine import forward, kv_cache
+from asr_server.engine.cuda_graphs import GraphedPasses
 from asr_server.engine.faults import is_out_of_memory, raise_if_device_fault
 from asr_server.engine.job import Job, Source
 from asr_server.engine.pass_plan import Entry, advance, make_plan
 from asr_server.engine.search import WindowSearch
 from asr_server.engine.token_choice import Rules
-from asr_server.engine.transcribe_state import (
-    APPEND_PUNCTUATIONS,
-    BEST_OF,
-    PREPEND_PUNCTUATIONS,
-    RequestWindows,
-)
+from asr_server.engine.transcribe_state import BEST_OF, RequestWindows
 from asr_server.engine.whisper_compat import restricted_language_tokenizer
+from asr_server.engine.word_timing import WordTiming
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +79,21 @@ class DecodingLoop:
 
     def __init__(self, model: Whisper, slots: int, beam_size: int | None, dtype: torch.dtype,
                  batched_attention: bool,
-                 prepare: Prepare, finish: Finish, progress: Progress = lambda work, windows: None
-                 ) -> None:
+                 prepare: Prepare, finish: Finish, progress: Progress = lambda work, windows: None,
+                 cuda_graphs: bool = False) -> None:
+        """``cuda_graphs``: replay captured passes (cuda_graphs.py); on CUDA with batched attention only."""
         self.model = model
         self.beam_size = beam_size
         self.dtype = dtype
         self.device = model.decoder.token_embedding.weight.device
         self.prepare, self.finish, self.progress = prepare, finish, progress
-        self.caches = kv_cache.Caches(model, slots, max(beam_size or 1, BEST_OF), dtype, batched_attention)
+        graphed = cuda_graphs and self.device.type == "cuda" and batched_attention
+        self.caches = kv_cache.Caches(model, slots, max(beam_size or 1, BEST_OF), dtype, batched_attention,
+                                      scratch=graphed)
+        self.graphs = GraphedPasses(self.caches) if graphed else None
         self.rules = Rules(self._tokenizer("en", "transcribe"), model.dims.n_audio_ctx)
         self.language_tokenizer = restricted_language_tokenizer(model)
+        self.words = WordTiming(model, dtype)
 
     def _tokenizer(self, language: str, task: str) -> Tokenizer:
         return get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
@@ -226,8 +225,9 @@ class DecodingLoop:
         live = sorted(live, key=lambda r: r.search.kind if r.search is not None else 0)
         entries = [Entry(r.slot, r.search, r.moves) for r in live
                    if r.slot is not None and r.search is not None]
+        bucket = self.graphs.bucket(sum(e.search.rows for e in entries)) if self.graphs else None
         try:
-            plan = make_plan(self.caches, self.rules, entries)
+            plan = make_plan(self.caches, self.rules, entries, pad_to=bucket)
             forward.rearrange(self.caches, plan)
         except Exception as exc:  # the moves may be half made: these searches cannot go on
             for r in live:
@@ -236,7 +236,8 @@ class DecodingLoop:
         for r in live:
             r.moves = None
         try:
-            logits = forward.step(self.caches, plan)
+            logits = forward.step(self.caches, plan) if self.graphs is None or bucket is None \
+                else self.graphs.run(plan)
         except Exception as exc:
             if len(live) > 1 and is_out_of_memory(exc):
                 if torch.cuda.is_available():
@@ -263,7 +264,7 @@ class DecodingLoop:
             if r.windows.judge(result):
                 self._start_search(r)  # the same audio features, the next temperature
                 return
-            r.windows.accept(result, self._add_words)
+            r.windows.accept(result, self.words.add)
             self.progress(r.work, r.windows)
         except Exception as exc:
             self._fail(r, running, exc)
@@ -286,23 +287,4 @@ class DecodingLoop:
 
     def warm_up_words(self) -> None:
         """whisper's word alignment once, on a made-up segment over silence: its DTW compiles now."""
-        tokenizer = self._tokenizer("en", "transcribe")
-        mel = mel_of(torch.zeros(whisper.audio.SAMPLE_RATE, device=self.device), self.model.dims.n_mels)
-        segment: dict[str, Any] = {"seek": 0, "start": 0.0, "end": 1.0,
-                                   "tokens": tokenizer.encode(" Warm up.")}
-        with torch.inference_mode():
-            self._add_words([segment], tokenizer, mel[:, : whisper.audio.N_FRAMES],
-                            whisper.audio.FRAMES_PER_SECOND, 0.0)
-
-    def _add_words(self, segments: list[dict[str, Any]], tokenizer: Tokenizer, mel: torch.Tensor,
-                   frames: int, last_speech: float) -> None:
-        add_word_timestamps(segments=segments, model=self.model, tokenizer=tokenizer,
-                            mel=mel.to(self.device, self.dtype), num_frames=frames,
-                            prepend_punctuations=PREPEND_PUNCTUATIONS,
-                            append_punctuations=APPEND_PUNCTUATIONS, last_speech_timestamp=last_speech)
-
-
-def mel_of(samples: torch.Tensor, n_mels: int) -> torch.Tensor:
-    """whisper's mel of a whole request, with the 30 s of padding its transcribe() adds."""
-    mel: torch.Tensor = whisper.log_mel_spectrogram(samples, n_mels, padding=whisper.audio.N_SAMPLES)
-    return mel
+        self.words.warm_up(self._tokenizer("en", "transcribe"))

@@ -26,7 +26,7 @@ from torch import Tensor
 from whisper.model import Whisper
 
 from asr_server.engine.kv_cache import Caches
-from asr_server.engine.pass_plan import Plan
+from asr_server.engine.pass_plan import Feed, Plan
 
 
 def encode(model: Whisper, mels: Tensor) -> Tensor:
@@ -84,13 +84,33 @@ def step(caches: Caches, plan: Plan) -> Tensor:
 
     Its indices are the plan's device tensors: nothing here copies to or reads from the device.
     """
-    decoder = caches.model.decoder
     caches.fits(max(plan.lengths) + 1)
-    x = decoder.token_embedding(plan.tokens.unsqueeze(1))
-    x = (x + decoder.positional_embedding[plan.position].unsqueeze(1)).to(caches.dtype)
-    total, heads, head_dim = plan.tokens.shape[0], caches.heads, caches.head_dim
-    attend: _PerWindow | _Batched = _Batched(caches, plan) if caches.batched else _PerWindow(caches, plan)
-    where = (plan.slot_of_row, plan.row_in_slot, slice(None), plan.position)
+    attend = (_Batched(caches, plan.feed, max(plan.lengths) + 1) if caches.batched
+              else _PerWindow(caches, plan))
+    logits = decoder_pass(caches, plan.feed, attend)[: plan.rows]
+    passed(caches, plan)
+    return logits
+
+
+def passed(caches: Caches, plan: Plan) -> None:
+    """Count the pass's token in each slot: only once the whole pass has succeeded (a failed one may
+    be run again)."""
+    for entry in plan.entries:
+        caches.lengths[entry.slot] += 1
+
+
+def static_pass(caches: Caches, feed: Feed) -> Tensor:
+    """The pass of a padded feed with the shapes fixed: every slot read to the whole context, as a
+    CUDA graph captures it (cuda_graphs.py). Its rows' logits are the eager pass's."""
+    return decoder_pass(caches, feed, _Batched(caches, feed, caches.n_ctx))
+
+
+def decoder_pass(caches: Caches, feed: Feed, attend: _PerWindow | _Batched) -> Tensor:
+    decoder = caches.model.decoder
+    x = decoder.token_embedding(feed.tokens.unsqueeze(1))
+    x = (x + decoder.positional_embedding[feed.position].unsqueeze(1)).to(caches.dtype)
+    total, heads, head_dim = feed.rows, caches.heads, caches.head_dim
+    where = (feed.slot_of_row, feed.row_in_slot, slice(None), feed.position)
     for layer, block in enumerate(decoder.blocks):
         attn, h = block.attn, _norm(block.attn_ln, x)
         q = attn.query(h).view(total, heads, head_dim)
@@ -103,8 +123,6 @@ def step(caches: Caches, plan: Plan) -> Tensor:
         x = x + block.mlp(_norm(block.mlp_ln, x))
     hidden: Tensor = _norm(decoder.ln, x)[:, -1]
     logits: Tensor = (hidden @ decoder.token_embedding.weight.to(hidden.dtype).T).float()
-    for entry in plan.entries:  # only once the whole pass has succeeded: a failed one may be run again
-        caches.lengths[entry.slot] += 1
     return logits
 
 
@@ -152,27 +170,27 @@ class _PerWindow:
 class _Batched:
     """All slots attend at once, padded and masked: launches per layer do not grow with the batch."""
 
-    def __init__(self, caches: Caches, plan: Plan) -> None:
-        self.caches, self.plan = caches, plan
-        self.used = plan.used_slots
-        self.end = max(plan.lengths) + 1
+    def __init__(self, caches: Caches, feed: Feed, end: int) -> None:
+        self.caches, self.feed = caches, feed
+        self.used = feed.slots_read
+        self.end = end
         positions = torch.arange(self.end, device=caches.device)
         mask = torch.zeros((self.used, self.end), device=caches.device)
-        mask.masked_fill_(positions >= plan.slot_ends.unsqueeze(1), -torch.inf)
+        mask.masked_fill_(positions >= feed.slot_ends.unsqueeze(1), -torch.inf)
         self.mask = mask.view(self.used, 1, 1, 1, self.end)
 
     def self(self, layer: int, q: Tensor) -> Tensor:
-        c, plan = self.caches, self.plan
+        c, feed = self.caches, self.feed
         padded = q.new_zeros((self.used, c.rows, c.heads, 1, c.head_dim))
-        padded[plan.slot_of_row, plan.row_in_slot] = q.unsqueeze(2) * c.head_dim ** -0.5
+        padded[feed.slot_of_row, feed.row_in_slot] = q.unsqueeze(2) * c.head_dim ** -0.5
         keys = c.self_k[layer][: self.used, :, :, : self.end]
         values = c.self_v[layer][: self.used, :, :, : self.end]
         out = _softmax_apply((padded @ keys.transpose(-1, -2)).float() + self.mask, values)
-        return out[plan.slot_of_row, plan.row_in_slot]  # (rows, heads, 1, head_dim)
+        return out[feed.slot_of_row, feed.row_in_slot]  # (rows, heads, 1, head_dim)
 
     def cross(self, layer: int, q: Tensor) -> Tensor:
-        c, plan = self.caches, self.plan
+        c, feed = self.caches, self.feed
         padded = q.new_zeros((self.used, c.heads, c.rows, c.head_dim))
-        padded[plan.slot_of_row, :, plan.row_in_slot] = q * c.head_dim ** -0.5
+        padded[feed.slot_of_row, :, feed.row_in_slot] = q * c.head_dim ** -0.5
         out = _softmax_apply(padded @ c.cross_k[layer][: self.used], c.cross_v[layer][: self.used])
-        return out[plan.slot_of_row, :, plan.row_in_slot]  # (rows, heads, head_dim)
+        return out[feed.slot_of_row, :, feed.row_in_slot]  # (rows, heads, head_dim)

@@ -38,7 +38,9 @@ def cache_bytes(model: Whisper, slots: int, rows: int, dtype: torch.dtype) -> in
 class Caches:
     """The caches of every window in the batch: ``slots`` slots of ``rows`` sequences, reserved once."""
 
-    def __init__(self, model: Whisper, slots: int, rows: int, dtype: torch.dtype, batched: bool) -> None:
+    def __init__(self, model: Whisper, slots: int, rows: int, dtype: torch.dtype, batched: bool,
+                 scratch: bool = False) -> None:
+        """``scratch``: one slot more, never given out, that the padded rows of a CUDA graph's pass write."""
         dims = model.dims
         self.model = model
         self.rows = rows
@@ -50,7 +52,10 @@ class Caches:
         self.frames = dims.n_audio_ctx
         self.n_ctx: int = dims.n_text_ctx
         self.layers = dims.n_text_layer
-        self.reserved_bytes = cache_bytes(model, slots, rows, dtype)
+        self.slots = slots
+        self.scratch_slot = slots if scratch else None
+        self.all_slots = slots + scratch
+        self.reserved_bytes = cache_bytes(model, self.all_slots, rows, dtype)
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             if self.reserved_bytes > CACHE_SHARE_OF_FREE_MEMORY * free:
@@ -58,17 +63,13 @@ class Caches:
                     f"the KV cache for ASR_MAX_BATCH={slots} needs {self.reserved_bytes / 2**30:.2f} GiB and "
                     f"{free / 2**30:.2f} GiB of {self.device} is free beside the model (at most "
                     f"{CACHE_SHARE_OF_FREE_MEMORY:.0%} of it may go to the cache): lower ASR_MAX_BATCH")
-        self.lengths = [0] * slots  # per slot: tokens in its self-attention cache
+        self.lengths = [0] * self.all_slots  # per slot: tokens in its self-attention cache
         self.free = list(range(slots))
         self.self_k: list[Tensor] = []  # per layer: (slots, rows, heads, n_ctx, head_dim)
         self.self_v: list[Tensor] = []
         self.cross_k: list[Tensor] = []  # per layer: (slots, heads, head_dim, frames)
         self.cross_v: list[Tensor] = []  # per layer: (slots, heads, frames, head_dim)
         self._reserve()
-
-    @property
-    def slots(self) -> int:
-        return len(self.lengths)
 
     @property
     def capacity(self) -> int:
@@ -83,7 +84,7 @@ class Caches:
                   (self.cross_k, (self.heads, self.head_dim, self.frames)),
                   (self.cross_v, (self.heads, self.frames, self.head_dim)))
         for caches, shape in shapes:
-            caches[:] = [make((self.slots, *shape), dtype=self.dtype, device=self.device)
+            caches[:] = [make((self.all_slots, *shape), dtype=self.dtype, device=self.device)
                          for _ in range(self.layers)]
 
     def open(self, features: Tensor) -> int:

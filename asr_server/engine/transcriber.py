@@ -27,7 +27,7 @@ from whisper.model import Whisper
 from whisper.tokenizer import TO_LANGUAGE_CODE
 
 from asr_server.contract.domain import Segment, TranscribeOptions, Transcription, Word
-from asr_server.engine.decoding_loop import DecodingLoop, mel_of
+from asr_server.engine.decoding_loop import DecodingLoop
 from asr_server.engine.job import UNCHECKED, UNGATED, Job, Source, Speech
 from asr_server.engine.model_loading import (
     claim_device,
@@ -39,6 +39,7 @@ from asr_server.engine.model_loading import (
 )
 from asr_server.engine.transcribe_state import RequestWindows
 from asr_server.engine.vad import SpeechDetector, overlaps_speech
+from asr_server.engine.word_timing import mel_of
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class EngineSettings:
     batched_attention: bool | None = None
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (model_loading.py)
     max_batch: int = 8  # requests decoded at once: the static cache's slots (forward.py)
+    cuda_graphs: bool = True  # on CUDA with batched attention: replay captured passes (cuda_graphs.py)
 
 
 @dataclass(eq=False)
@@ -110,7 +112,7 @@ class Engine:
         self.loop = DecodingLoop(self.model, settings.max_batch,
                                  settings.beam_size if settings.beam_size > 1 else None,
                                  self.dtype, self.device.type == "cuda" if batched is None else batched,
-                                 self._prepare, self._finish, self._progress)
+                                 self._prepare, self._finish, self._progress, settings.cuda_graphs)
         self.load_seconds = time.monotonic() - started
         log.info("model %s loaded on %s (%s) in %.1f s; KV cache of %d slots reserved: %.0f MiB",
                  settings.model_path.name, self.device, self.dtype_name, self.load_seconds,
@@ -144,8 +146,10 @@ class Engine:
     def warm_up(self) -> None:
         """Every path a request can take, once, so the first user's request compiles nothing: the VAD,
         language detection and a decode, then whisper's word alignment (its DTW is compiled on first
-        use: numba on the CPU, Triton kernels on CUDA)."""
+        use: numba on the CPU, Triton kernels on CUDA). On CUDA, every bucket's graph is captured first."""
         silence = np.zeros(16_000, dtype=np.float32)
+        if self.loop.graphs is not None:
+            self.loop.graphs.capture_all()
         if self.vad:
             self.vad.speech_regions(silence)
         self._run([ListedRequest(silence, TranscribeOptions(None, "transcribe"), UNGATED)])
