@@ -9,7 +9,8 @@ layers, the MLPs and the vocabulary projection see all rows together. It
 attends in one of two forms, on the same storage:
 
 - ``batched``: one masked attention over all slots, a fixed number of
-  kernel launches per layer whatever the number of requests (CUDA);
+  kernel launches per layer whatever the number of requests, the
+  self-attention in ``scaled_dot_product_attention`` (CUDA);
 - per window: each window against its own slot at its own length, no work
   on padding (the CPU, where it measured faster: docs/benchmarks.md).
 
@@ -175,18 +176,19 @@ class _Batched:
         self.used = feed.slots_read
         self.end = end
         positions = torch.arange(self.end, device=caches.device)
-        mask = torch.zeros((self.used, self.end), device=caches.device)
-        mask.masked_fill_(positions >= feed.slot_ends.unsqueeze(1), -torch.inf)
-        self.mask = mask.view(self.used, 1, 1, 1, self.end)
+        allowed = positions < feed.slot_ends.unsqueeze(1)  # (slots, end): position 0 always, no row empty
+        # one row of the mask per (slot, row) pair, as scaled_dot_product_attention's batch
+        self.allowed = allowed.unsqueeze(1).expand(self.used, caches.rows, self.end).reshape(
+            self.used * caches.rows, 1, 1, self.end)
 
     def self(self, layer: int, q: Tensor) -> Tensor:
         c, feed = self.caches, self.feed
         padded = q.new_zeros((self.used, c.rows, c.heads, 1, c.head_dim))
-        padded[feed.slot_of_row, feed.row_in_slot] = q.unsqueeze(2) * c.head_dim ** -0.5
-        keys = c.self_k[layer][: self.used, :, :, : self.end]
-        values = c.self_v[layer][: self.used, :, :, : self.end]
-        out = _softmax_apply((padded @ keys.transpose(-1, -2)).float() + self.mask, values)
-        return out[feed.slot_of_row, feed.row_in_slot]  # (rows, heads, 1, head_dim)
+        padded[feed.slot_of_row, feed.row_in_slot] = q.unsqueeze(2)
+        keys = c.self_k[layer][: self.used, :, :, : self.end].flatten(0, 1)  # (slots x rows, heads, end, dim)
+        values = c.self_v[layer][: self.used, :, :, : self.end].flatten(0, 1)
+        out = F.scaled_dot_product_attention(padded.flatten(0, 1), keys, values, attn_mask=self.allowed)
+        return out.view(self.used, c.rows, c.heads, 1, c.head_dim)[feed.slot_of_row, feed.row_in_slot]
 
     def cross(self, layer: int, q: Tensor) -> Tensor:
         c, feed = self.caches, self.feed
