@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from websockets.sync.client import connect
 
 from asr_server.contract.domain import TranscribeOptions
 from asr_server.engine import decoding_loop, forward, kv_cache
@@ -167,10 +168,13 @@ sys.exit(entry.main())
 
 
 def test_a_device_fault_in_the_server_is_internal_error_503_and_exit_70() -> None:
-    env = {"ASR_BEAM_SIZE": "1", "SERVER_API_KEY": "", "ASR_VAD": "0", "SHUTDOWN_GRACE_S": "5"}
+    """Another client stays connected, idle: the drain waits for it (up to the grace), and /health
+    says 503 meanwhile, before the process exits 70."""
+    env = {"ASR_BEAM_SIZE": "1", "SERVER_API_KEY": "", "ASR_VAD": "0", "SHUTDOWN_GRACE_S": "5",
+           "METADATA_TIMEOUT_S": "60"}
     clip = next(c for c in load_manifest() if "jfk" in c.path.name)
     server = ServerProcess(env=env, command=[sys.executable, "-c", DEVICE_FAULT_SERVER])
-    with server:
+    with server, connect(server.url, open_timeout=30):
         assert server.health(server.metrics_port)[0] == 200
         reply = exchange(server.url, {"type": "transcribe", "language": "en"}, clip.path.read_bytes())
         assert reply.reply["error"] == "internal_error" and reply.close_code == 1011
