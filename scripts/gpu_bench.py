@@ -109,6 +109,13 @@ def timed(decode: Callable[[Whisper, torch.Tensor, DecodingOptions], None], mode
     return sorted(times)[len(times) // 2]
 
 
+def shown(value: float, unit: str = "") -> str:
+    """Milliseconds of seconds, or a ratio with ``unit``; a dash for what was not measured."""
+    if value != value:  # NaN: not run (whisper's batched beam search, graphs on the CPU)
+        return "–"
+    return f"{value:.2f}{unit}" if unit else f"{value * 1000:.0f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", nargs="+", default=["large-v3", "turbo"], choices=list(SHAPES))
@@ -157,8 +164,8 @@ def main() -> int:
                     graphed = timed(LoopDecoder(held, batch, options, dtype, graphs=True), held, ours_mel,
                                     options, args.repeats)
             ours = graphed if fp16 else eager
-            lines.append(f"| {name} | {batch} | {theirs * 1000:.0f} | {eager * 1000:.0f} | "
-                         f"{graphed * 1000:.0f} | {theirs / ours:.2f}x | {batch / ours:.1f} |")
+            lines.append(f"| {name} | {batch} | {shown(theirs)} | {shown(eager)} | {shown(graphed)} | "
+                         f"{shown(theirs / ours, 'x')} | {batch / ours:.1f} |")
             print(lines[-1], flush=True)
         del model, held
         if fp16:

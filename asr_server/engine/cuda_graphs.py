@@ -67,10 +67,11 @@ class GraphedPasses:
 
     def capture_all(self) -> None:
         """Capture every bucket now (at warm-up), so no request waits for a capture."""
-        for size in self.buckets:
-            if not self.enabled:
-                return
-            self._graph(size)
+        with torch.inference_mode():  # as the loop runs: no autograd bookkeeping in the graphs
+            for size in self.buckets:
+                if not self.enabled:
+                    return
+                self._graph(size)
 
     def run(self, plan: Plan) -> Tensor:
         """The pass of a plan padded to a bucket: its rows' logits, a view into the graph's output
