@@ -9,7 +9,9 @@ every row's token on the device (token_choice.py), reads the packed choices back
 (``read_back``), and moves every search one token on.
 
 Rows go in the order the searches are given, which must be beam searches first, then greedy, then
-sampled ones (``WindowSearch.kind``): each kind is then one slice of the logits.
+sampled ones (``WindowSearch.kind``): each kind is then one slice of the logits. With ``pad_to``
+(a CUDA graph's bucket, cuda_graphs.py) the feed has that many rows, the spare ones in the cache's
+scratch slot, and names every slot: the fixed shape a graph replays.
 """
 
 from __future__ import annotations
