@@ -34,15 +34,18 @@ def main() -> int:
         print(f"asr-server: model {config.model!r} not found at {config.model_path}: "
               "run `make model` (or set ASR_MODEL to a checkpoint path)", file=sys.stderr)
         return 2
+    import logging
+
     from asr_server import app, logs
+    from asr_server.config import replaced_settings
 
     logs.configure(config.log_level, config.log_format)
+    for line in replaced_settings(os.environ, config):
+        logging.getLogger("asr_server").warning("%s", line)
 
     code = asyncio.run(app.run(config))
     # A request cut off by SIGTERM's grace period may still be decoding in a pool thread, which
     # the interpreter joins at exit (concurrent.futures does, daemon or not): leave without it.
-    import logging
-
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

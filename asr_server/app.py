@@ -52,8 +52,7 @@ def engine_settings(config: Config) -> EngineSettings:
         threads=config.torch_threads,
         beam_size=config.beam_size,
         vad=config.vad,
-        quantize=config.quantize,
-        dtype=config.dtype,
+        precision=config.precision,
         max_batch=config.max_batch,
         cuda_graphs=config.cuda_graphs,
     )
@@ -86,7 +85,8 @@ def describe_model(metrics: Metrics, scheduler: Scheduler, config: Config) -> No
         metrics.model_load_seconds.set(engine.load_seconds)
         metrics.kv_cache_bytes.set(engine.cache_bytes)
         metrics.model_info.info({"name": config.model, "device": str(engine.device),
-                                 "dtype": engine.dtype_name})
+                                 "dtype": str(engine.dtype).removeprefix("torch."),
+                                 "precision": engine.precision})
 
 
 class MemoryReturn:

@@ -18,7 +18,11 @@ from typing import TypeVar
 # models/, beside the package).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
-DTYPE_SETTINGS = ("auto", "float32", "bfloat16", "float16")  # engine/model_loading.py says what each holds
+# ASR_PRECISION: engine/model_loading.py says what each one holds and what ``auto`` picks per device.
+PRECISION_SETTINGS = ("auto", "exact", "int8", "bfloat16", "float16")
+# The names it replaced, still read: each value and the precision it stands for.
+_OLD_DTYPES = {"auto": "auto", "float32": "exact", "bfloat16": "bfloat16", "float16": "float16"}
+_OLD_QUANTIZE = {"none": None, "int8": "int8"}
 
 T = TypeVar("T")
 
@@ -67,8 +71,7 @@ class Config:
     beam_size: int = 5
     threads: int = 0  # 0: one per core
     vad: bool = True
-    quantize: str = "none"  # none | int8 (CPU only)
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: the weights' dtype (engine/model_loading.py)
+    precision: str = "auto"  # auto | exact | int8 | bfloat16 | float16 (engine/model_loading.py)
     max_queue: int = 32
     max_batch: int = 8
     cuda_graphs: bool = True  # replay captured decoder passes on CUDA (engine/cuda_graphs.py)
@@ -140,10 +143,7 @@ class Config:
             threads=reader.get("ASR_THREADS", int, defaults.threads, lambda v: 0 <= v <= 1024,
                                "must be 0 (one per core) .. 1024"),
             vad=reader.boolean("ASR_VAD", defaults.vad),
-            quantize=reader.get("ASR_QUANTIZE", str.lower, defaults.quantize, lambda v: v in ("none", "int8"),
-                                "must be none or int8"),
-            dtype=reader.get("ASR_DTYPE", str.lower, defaults.dtype, lambda v: v in DTYPE_SETTINGS,
-                             "must be " + ", ".join(DTYPE_SETTINGS[:-1]) + " or " + DTYPE_SETTINGS[-1]),
+            precision=reader.precision(defaults.precision),
             max_queue=reader.get("ASR_MAX_QUEUE", int, defaults.max_queue, lambda v: v >= 1,
                                  "must be at least 1"),
             max_batch=reader.get("ASR_MAX_BATCH", int, defaults.max_batch, lambda v: 1 <= v <= 256,
@@ -204,9 +204,6 @@ class Config:
                 f"HOST={config.host} is reachable from other machines but SERVER_API_KEY is not set: "
                 "set a key, or ALLOW_NO_AUTH=1 if an open server is meant"
             )
-        if config.quantize == "int8" and config.dtype not in ("auto", "float32"):
-            reader.problems.append(f"ASR_QUANTIZE=int8 runs its activations in float32: "
-                                   f"ASR_DTYPE={config.dtype} cannot go with it (leave ASR_DTYPE=auto)")
         if config.max_inflight_audio_bytes < config.effective_max_audio_bytes:
             reader.problems.append(
                 f"MAX_INFLIGHT_AUDIO_BYTES={config.max_inflight_audio_bytes} is below one largest request "
@@ -239,6 +236,33 @@ class _Reader:
             return default
         return value
 
+    def precision(self, default: str) -> str:
+        """``ASR_PRECISION``, or what the older ``ASR_DTYPE`` / ``ASR_QUANTIZE`` stand for (only where
+        ASR_PRECISION is not set: two settings that could disagree are refused)."""
+        rule = "must be " + ", ".join(PRECISION_SETTINGS[:-1]) + " or " + PRECISION_SETTINGS[-1]
+        precision = self.get("ASR_PRECISION", str.lower, default, lambda v: v in PRECISION_SETTINGS, rule)
+        old = {name: self.env[name].strip().lower() for name in ("ASR_DTYPE", "ASR_QUANTIZE")
+               if self.env.get(name, "").strip()}
+        if not old:
+            return precision
+        if self.env.get("ASR_PRECISION", "").strip():
+            self.problems.append(f"{' and '.join(old)} are replaced by ASR_PRECISION, which is set too: "
+                                 f"remove {' and '.join(old)}")
+            return precision
+        dtype = _OLD_DTYPES.get(old.get("ASR_DTYPE", "auto"))
+        quantized = old.get("ASR_QUANTIZE", "none")
+        if dtype is None or quantized not in _OLD_QUANTIZE:
+            self.problems.append(f"{' and '.join(f'{k}={v!r}' for k, v in old.items())}: replaced by "
+                                 f"ASR_PRECISION, which {rule}")
+            return precision
+        if _OLD_QUANTIZE[quantized] is None:
+            return dtype
+        if dtype not in ("auto", "exact"):
+            self.problems.append(f"ASR_QUANTIZE=int8 cannot go with ASR_DTYPE={old['ASR_DTYPE']}: "
+                                 "set ASR_PRECISION=int8 instead of both")
+        return "int8"
+
+
     def boolean(self, name: str, default: bool) -> bool:
         raw = self.env.get(name)
         if raw is None or raw == "":
@@ -267,6 +291,13 @@ def _physical_memory_bytes() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):  # not on this platform: size for a small host
         return 4 << 30
+
+
+def replaced_settings(env: Mapping[str, str], config: Config) -> list[str]:
+    """A line for each older setting still in use, naming what replaces it (logged at start)."""
+    return [f"{name}={env[name].strip()} is read as ASR_PRECISION={config.precision}: "
+            f"{name} is replaced by ASR_PRECISION (README), set that instead"
+            for name in ("ASR_DTYPE", "ASR_QUANTIZE") if env.get(name, "").strip()]
 
 
 def is_loopback(host: str) -> bool:

@@ -6,7 +6,7 @@ does with ``ASR_MAX_BATCH`` and a full queue), and splits the stream's wall
 time into the encoder, the decoder passes (with how many requests each
 carried) and the rest (prompts, language detection, the searches' bookkeeping,
 the VAD). ``--attention`` picks the pass's attention form (forward.py),
-``--dtype`` the weights' dtype (engine/model_loading.py).
+``--precision`` its ASR_PRECISION (engine/model_loading.py).
 
 Run: .venv/bin/python scripts/batch_profile.py --beam 5 --capacity 8 16
 """
@@ -26,7 +26,7 @@ assert OPENMP_DEFAULTS
 
 import torch  # noqa: E402
 
-from asr_server.config import DTYPE_SETTINGS, Config  # noqa: E402
+from asr_server.config import PRECISION_SETTINGS, Config  # noqa: E402
 from asr_server.contract.domain import TranscribeOptions  # noqa: E402
 from asr_server.engine import forward  # noqa: E402
 from asr_server.engine.audio_decoding import decode_wav  # noqa: E402
@@ -70,11 +70,11 @@ def main() -> int:
     parser.add_argument("--capacity", type=int, nargs="+", default=[8])
     parser.add_argument("--clips", type=int, default=0, help="the first N short clips (0: all)")
     parser.add_argument("--attention", choices=("per-window", "batched"), default="per-window")
-    parser.add_argument("--dtype", choices=DTYPE_SETTINGS, default="auto")
+    parser.add_argument("--precision", choices=PRECISION_SETTINGS, default="auto")
     args = parser.parse_args()
     engine = Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(),
                                    beam_size=args.beam, batched_attention=args.attention == "batched",
-                                   dtype=args.dtype))
+                                   precision=args.precision))
     engine.warm_up()
     timings = Timings(engine)
     clips = [c for c in load_manifest() if c.kind == "short"]
@@ -84,7 +84,7 @@ def main() -> int:
              for c in clips]
     audio = sum(c.duration for c in clips)
     print(f"{len(clips)} clips, {audio:.0f} s of audio, beam {args.beam}, {torch.get_num_threads()} threads, "
-          f"{args.attention} attention, {engine.dtype_name}")
+          f"{args.attention} attention, {engine.precision}")
     print("| run | wall s | encoder s | decoder passes s | passes | requests per pass | rest s | gain |")
     print("|---|---|---|---|---|---|---|---|")
     timings.reset()

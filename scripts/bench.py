@@ -470,12 +470,12 @@ def memory_table(memory: list[MemoryRun]) -> list[str]:
 def cpu_note() -> str:
     import torch
 
-    from asr_server.engine.model_loading import native_bf16_flags, resolve_dtype
+    from asr_server.engine.model_loading import native_bf16_flags, resolve_precision
 
     flags = native_bf16_flags()
-    dtype = str(resolve_dtype(Config().dtype, torch.device("cpu"), flags)).removeprefix("torch.")
-    return (f"native bf16: {' '.join(flags) or 'none'}; the server's ASR_DTYPE={Config().dtype} holds "
-            f"the weights in {dtype}")
+    precision = resolve_precision(Config().precision, torch.device("cpu"), flags)
+    return (f"native bf16: {' '.join(flags) or 'none'}; the server's ASR_PRECISION={Config().precision} "
+            f"runs at {precision}")
 
 
 def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: list[MemoryRun]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asr_server.config import DTYPE_SETTINGS, Config
+from asr_server.config import PRECISION_SETTINGS, Config
 from asr_server.engine.audio_decoding import decode_wav
 from tests.harness import (
     REPO,
@@ -23,15 +23,20 @@ from tests.harness import (
     ServerProcess,
     load_manifest,
     load_reference_model,
+    normalise,
     reference_transcribe,
     transcribe,
     wer,
 )
 
+# Issue 23's WER rule for a fast default, in WER points above exact.
+POOLED_LIMIT = 0.3
+LANGUAGE_LIMIT = 1.0
 
-def run_server(clips: list[Clip], beam: int, quantize: str = "none", dtype: str = "auto") -> list[str]:
+
+def run_server(clips: list[Clip], beam: int, precision: str = "exact") -> list[str]:
     texts = []
-    env = {"ASR_BEAM_SIZE": str(beam), "SERVER_API_KEY": "", "ASR_QUANTIZE": quantize, "ASR_DTYPE": dtype}
+    env = {"ASR_BEAM_SIZE": str(beam), "SERVER_API_KEY": "", "ASR_PRECISION": precision}
     with ServerProcess(env=env) as server:
         for clip in clips:
             reply = transcribe(server.url, clip.path.read_bytes(), language=clip.lang)
@@ -52,23 +57,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--beams", type=int, nargs="+", default=[5, 1])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "accuracy.md")
-    parser.add_argument("--int8-only", action="store_true",
-                        help="measure only the WER cost of ASR_QUANTIZE=int8 (greedy) and add it to --out")
-    parser.add_argument("--dtypes", nargs="+", choices=DTYPE_SETTINGS[1:],
-                        help="measure only ASR_DTYPE: each of these against the first, both through "
-                             "the server in every --beams, and add it to --out")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISION_SETTINGS[1:],
+                        help="measure only ASR_PRECISION: each of these against the first (exact), all "
+                             "through the server in every --beams, with issue 23's rule, into --out")
     args = parser.parse_args()
     clips = load_manifest()
-    if args.int8_only:
-        return int8_cost(clips, args.out)
-    if args.dtypes:
-        return dtype_cost(clips, args.beams, args.dtypes, args.out)
+    if args.precisions:
+        return precision_cost(clips, args.beams, args.precisions, args.out)
     by_lang: dict[str, list[int]] = defaultdict(list)
     for i, clip in enumerate(clips):
         by_lang[clip.lang].append(i)
     rows = []
     for beam in args.beams:
-        server_texts = run_server(clips, beam)
+        server_texts = run_server(clips, beam, "exact")
         ref_texts = run_reference(clips, beam)
         for lang, idx in sorted(by_lang.items()):
             refs = [clips[i].text for i in idx]
@@ -106,48 +107,55 @@ def main() -> int:
     return 0
 
 
-def int8_cost(clips: list[Clip], out: Path) -> int:
-    """Greedy WER per language with float32 and with ASR_QUANTIZE=int8, both through the server."""
-    langs = sorted({c.lang for c in clips})
-    float32, int8 = run_server(clips, 1), run_server(clips, 1, "int8")
-    lines = ["", "## The WER cost of `ASR_QUANTIZE=int8` (CPU)", "",
-             "Command: `.venv/bin/python scripts/eval_wer.py --int8-only`: greedy, the same "
-             f"{len(clips)} clips, both through the server.", "",
-             "| language | float32 WER | int8 WER | int8 − float32 |", "|---|---|---|---|"]
-    for lang in langs:
-        idx = [i for i, c in enumerate(clips) if c.lang == lang]
-        refs = [clips[i].text for i in idx]
-        a, b = wer(refs, [float32[i] for i in idx], lang), wer(refs, [int8[i] for i in idx], lang)
-        lines.append(f"| {lang} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
-        print(f"{lang}: float32 {a:.2f} int8 {b:.2f}", flush=True)
-    replace_section(out, "## The WER cost of `ASR_QUANTIZE=int8`", lines)
-    return 0
+def precision_cost(clips: list[Clip], beams: list[int], precisions: list[str], out: Path) -> int:
+    """WER with each ASR_PRECISION through the server, against the first (exact), and issue 23's rule:
+    a precision may be a default only if, at every beam, the WER pooled over all clips is at most
+    POOLED_LIMIT points above exact and no language more than LANGUAGE_LIMIT above."""
+    import jiwer
 
-
-def dtype_cost(clips: list[Clip], beams: list[int], dtypes: list[str], out: Path) -> int:
-    """WER per language with each ASR_DTYPE, all through the server, against the first dtype."""
     langs = sorted({c.lang for c in clips})
-    base, others = dtypes[0], dtypes[1:]
-    heading = "## The WER of `ASR_DTYPE`"
+    base, others = precisions[0], precisions[1:]
+    heading = "## The WER of `ASR_PRECISION`"
     lines = ["", heading, "",
-             f"Command: `.venv/bin/python scripts/eval_wer.py --dtypes {' '.join(dtypes)}`: the same "
-             f"{len(clips)} clips through the server, each dtype in a server of its own "
-             f"({datetime.date.today()}, {platform.machine()}).", "",
-             "| decoding | language | " + " | ".join(f"{d} WER" for d in dtypes) + " | "
-             + " | ".join(f"{d} − {base}" for d in others) + " |",
-             "|---|---|" + "---|" * (2 * len(dtypes) - 1)]
+             f"Command: `.venv/bin/python scripts/eval_wer.py --precisions {' '.join(precisions)}`: the same "
+             f"{len(clips)} clips through the server, each precision in a server of its own "
+             f"({datetime.date.today()}, {platform.machine()}, {cpu_flags()}). The rule: at most "
+             f"{POOLED_LIMIT} points above {base} pooled over all clips, and no language more than "
+             f"{LANGUAGE_LIMIT} above, at every decoding.", "",
+             "| decoding | language | " + " | ".join(f"{p} WER" for p in precisions) + " | "
+             + " | ".join(f"{p} − {base}" for p in others) + " |",
+             "|---|---|" + "---|" * (2 * len(precisions) - 1)]
+    verdicts: dict[str, list[str]] = {p: [] for p in others}
     for beam in beams:
-        texts = {dtype: run_server(clips, beam, dtype=dtype) for dtype in dtypes}
-        for lang in langs:
-            idx = [i for i, c in enumerate(clips) if c.lang == lang]
-            refs = [clips[i].text for i in idx]
-            wers = {d: wer(refs, [texts[d][i] for i in idx], lang) for d in dtypes}
-            name = "greedy" if beam == 1 else f"beam {beam}"
-            lines.append(f"| {name} | {lang} | " + " | ".join(f"{wers[d]:.2f}" for d in dtypes) + " | "
-                         + " | ".join(f"{wers[d] - wers[base]:+.2f}" for d in others) + " |")
+        name = "greedy" if beam == 1 else f"beam {beam}"
+        texts = {p: run_server(clips, beam, p) for p in precisions}
+        for lang in [*langs, "all"]:
+            idx = [i for i, c in enumerate(clips) if lang in ("all", c.lang)]
+            pairs = {p: [(normalise(clips[i].text, clips[i].lang), normalise(texts[p][i], clips[i].lang))
+                         for i in idx] for p in precisions}
+            wers = {p: 100.0 * float(jiwer.wer([r for r, h in pairs[p] if r], [h for r, h in pairs[p] if r]))
+                    for p in precisions}
+            limit = POOLED_LIMIT if lang == "all" else LANGUAGE_LIMIT
+            for p in others:
+                if wers[p] - wers[base] > limit:
+                    verdicts[p].append(f"{name} {lang} {wers[p] - wers[base]:+.2f}")
+            label = "**all, pooled**" if lang == "all" else lang
+            lines.append(f"| {name} | {label} | " + " | ".join(f"{wers[p]:.2f}" for p in precisions) + " | "
+                         + " | ".join(f"{wers[p] - wers[base]:+.2f}" for p in others) + " |")
             print(lines[-1], flush=True)
+    lines.append("")
+    for p in others:
+        passed = "passes the rule" if not verdicts[p] else "fails the rule: " + ", ".join(verdicts[p])
+        lines.append(f"- {p}: {passed}.")
+        print(lines[-1], flush=True)
     replace_section(out, heading, lines)
     return 0
+
+
+def cpu_flags() -> str:
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split()
+    named = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+    return "flags " + " ".join(f for f in named if f in flags)
 
 
 def replace_section(out: Path, heading: str, lines: list[str]) -> None:

@@ -29,7 +29,7 @@ from whisper.tokenizer import get_tokenizer
 
 from asr_server.engine import forward, kv_cache
 from asr_server.engine.cuda_graphs import GraphedPasses
-from asr_server.engine.model_loading import DTYPES, hold_in
+from asr_server.engine.model_loading import hold_in
 from asr_server.engine.pass_plan import Entry, advance, make_plan
 from asr_server.engine.search import SearchSpec, WindowSearch
 from asr_server.engine.token_choice import Rules
@@ -124,13 +124,14 @@ def main() -> int:
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", choices=list(DTYPES), help="ours: the weights held in it "
-                        "(default float16 on CUDA, float32 on the CPU); openai-whisper keeps float32 weights")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="ours: the weights held in it (default float16 on CUDA, float32 on the CPU); "
+                             "openai-whisper keeps float32 weights")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)
     fp16 = device.type == "cuda"
-    dtype = DTYPES[args.dtype or ("float16" if fp16 else "float32")]
+    dtype = getattr(torch, args.dtype or ("float16" if fp16 else "float32"))
     where = torch.cuda.get_device_name(device) if fp16 else "CPU"
     lines = [f"Random weights, {args.tokens}-token decode (end-of-text suppressed), beam {args.beam}, "
              f"on {where}, torch {torch.__version__}; openai-whisper as it runs itself (float32 weights, "

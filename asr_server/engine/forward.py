@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from whisper.model import Whisper
 
+from asr_server.engine.int8 import project
 from asr_server.engine.kv_cache import Caches
 from asr_server.engine.pass_plan import Feed, Plan
 
@@ -65,8 +66,7 @@ def prefill(caches: Caches, slot: int, prompt: Sequence[int], rows: int, read: S
         x = x + block.mlp(_norm(block.mlp_ln, x))
     hidden: Tensor = _norm(decoder.ln, x)[0, list(read)]
     caches.lengths[slot] = length
-    logits: Tensor = (hidden @ decoder.token_embedding.weight.to(hidden.dtype).T).float()
-    return logits
+    return project(decoder, hidden)
 
 
 def rearrange(caches: Caches, plan: Plan) -> None:
@@ -123,8 +123,7 @@ def decoder_pass(caches: Caches, feed: Feed, attend: _PerWindow | _Batched) -> T
         x = x + cross.out(attend.cross(layer, q).reshape(total, 1, -1))
         x = x + block.mlp(_norm(block.mlp_ln, x))
     hidden: Tensor = _norm(decoder.ln, x)[:, -1]
-    logits: Tensor = (hidden @ decoder.token_embedding.weight.to(hidden.dtype).T).float()
-    return logits
+    return project(decoder, hidden)
 
 
 def _norm(norm: torch.nn.LayerNorm, x: Tensor) -> Tensor:

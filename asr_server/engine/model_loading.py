@@ -1,7 +1,14 @@
-"""The checkpoint onto its device, in its dtype: which device and dtype, and the weights converted once.
+"""The checkpoint onto its device, at its precision: which device and precision, the weights converted once.
 
-``ASR_DTYPE`` is ``auto``, ``float32``, ``bfloat16`` or ``float16``. The
-weights are converted once, at load, so no op casts them again (whisper's
+``ASR_PRECISION`` is one of:
+
+- ``exact``: float32 weights, whisper's own float32 arithmetic: whisper's tokens (the oracle tests
+  hold the server to them);
+- ``int8``: the Linear layers and the vocabulary projection in int8 with a scale per weight row
+  and per token row (int8.py), the rest float32; the CPU only;
+- ``bfloat16`` / ``float16``: the weights held in that dtype.
+
+The weights are converted once, at load, so no op casts them again (whisper's
 own Linear casts a float32 weight to the input's dtype on every call, as
 autocast does: measured slower than float32 itself on this CPU). LayerNorm's
 weights and both positional embeddings stay float32: whisper's LayerNorm
@@ -9,30 +16,30 @@ runs in float32 whatever its input, and a position's sinusoid rounded to
 bf16's 8 bits would move every frame. The softmaxes run in float32 in
 forward.py and in whisper's own attention.
 
-``auto`` picks float16 on CUDA; on a CPU that multiplies bf16 natively
-(AMX or AVX512-BF16, read from the kernel's CPU flags and logged at start)
-it would pick bfloat16 if ``BF16_KEEPS_WER`` said the WER held
-(docs/accuracy.md: it did not, in German); float32 everywhere else.
+``auto``, the default, is the fast precision each device's WER allows (the rule and the figures:
+docs/accuracy.md): float16 on CUDA; on a CPU int8 if ``INT8_KEEPS_WER``, else bfloat16 where the
+CPU multiplies bf16 natively (AMX or AVX512-BF16, read from the kernel's CPU flags and logged at
+start) and ``BF16_KEEPS_WER``, else exact.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import cast
 
 import torch
-import whisper
 from whisper.model import ModelDimensions, Whisper
 
-from asr_server.config import DTYPE_SETTINGS
+from asr_server.config import PRECISION_SETTINGS
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-assert ("auto", *DTYPES) == DTYPE_SETTINGS
+# Each precision's weights dtype (int8's float32 weights are quantised after loading: int8.py).
+DTYPES = {"exact": torch.float32, "int8": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+assert ("auto", *DTYPES) == PRECISION_SETTINGS
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-# Whether bf16 stays within 0.5 WER points of float32 in every language, beam 5 and greedy
-# (scripts/eval_wer.py --dtypes float32 bfloat16, docs/accuracy.md). Measured 2026-12-02: German
-# lost 0.96 points at beam 5, so auto keeps float32 on every CPU; bfloat16 is there to ask for.
+# Whether a precision passes the WER rule against exact on every clip of ../shared/eval through
+# the server, beam 5 and greedy: the pooled WER at most 0.3 points above exact, no language more
+# than 1.0 above (scripts/eval_wer.py --precisions exact int8 bfloat16; figures in docs/accuracy.md).
+INT8_KEEPS_WER = False
 BF16_KEEPS_WER = False
 
 
@@ -71,17 +78,21 @@ def native_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
     return tuple(flag for flag in NATIVE_BF16_FLAGS if flag in flags)
 
 
-def resolve_dtype(setting: str, device: torch.device, native_bf16: tuple[str, ...] = (),
-                  bf16_keeps_wer: bool = BF16_KEEPS_WER) -> torch.dtype:
-    """The dtype the weights are held in (see the module's docstring for ``auto``); ``bf16_keeps_wer``:
-    what the WER rule decided of bf16 (docs/accuracy.md)."""
+def resolve_precision(setting: str, device: torch.device, native_bf16: tuple[str, ...] = (),
+                      int8_keeps_wer: bool = INT8_KEEPS_WER, bf16_keeps_wer: bool = BF16_KEEPS_WER) -> str:
+    """The precision the model runs at (the module's docstring says what ``auto`` picks); the two
+    flags: what the WER rule decided (docs/accuracy.md). int8 is refused on CUDA."""
+    if setting == "int8" and device.type != "cpu":
+        raise RuntimeError("ASR_PRECISION=int8 is for the CPU; on CUDA use float16 (or auto)")
     if setting != "auto":
-        return DTYPES[setting]
+        return setting
     if device.type == "cuda":
-        return torch.float16
+        return "float16"
+    if int8_keeps_wer:
+        return "int8"
     if native_bf16 and bf16_keeps_wer:
-        return torch.bfloat16
-    return torch.float32
+        return "bfloat16"
+    return "exact"
 
 
 def load_model(path: Path, device: torch.device, dtype: torch.dtype = torch.float32) -> Whisper:
@@ -107,27 +118,3 @@ def hold_in(model: Whisper, dtype: torch.dtype) -> None:
                 parameter.data = parameter.data.to(dtype)
     # The encoder's positional embedding is a buffer, the model's only floating one: left float32.
 
-
-def quantize_int8(model: Whisper) -> Whisper:
-    """Dynamic int8 quantisation of every Linear layer (weights int8, activations quantised per call).
-
-    Weights get a scale per output channel: one per matrix cost twice the WER (docs/accuracy.md).
-
-    whisper's own Linear subclass only casts weights to the input's dtype, a no-op in
-    float32, so it is swapped for torch's plain Linear, which the quantiser knows.
-    """
-    def plain(module: torch.nn.Module) -> None:
-        for name, child in module.named_children():
-            if isinstance(child, whisper.model.Linear):
-                linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-                linear.load_state_dict(child.state_dict())
-                setattr(module, name, linear)
-            else:
-                plain(child)
-
-    plain(model)
-    with warnings.catch_warnings():  # torch.ao's eager quantisation warns that it moves to torchao
-        warnings.simplefilter("ignore")
-        quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-            model, {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8)
-    return cast(Whisper, quantized)

@@ -28,14 +28,15 @@ from whisper.tokenizer import TO_LANGUAGE_CODE
 
 from asr_server.contract.domain import Segment, TranscribeOptions, Transcription, Word
 from asr_server.engine.decoding_loop import DecodingLoop
+from asr_server.engine.int8 import quantize_int8
 from asr_server.engine.job import UNCHECKED, UNGATED, Job, Source, Speech
 from asr_server.engine.model_loading import (
+    DTYPES,
     claim_device,
     load_model,
     native_bf16_flags,
-    quantize_int8,
     resolve_device,
-    resolve_dtype,
+    resolve_precision,
 )
 from asr_server.engine.transcribe_state import RequestWindows
 from asr_server.engine.vad import SpeechDetector, overlaps_speech
@@ -57,10 +58,9 @@ class EngineSettings:
     threads: int
     beam_size: int  # 1: greedy
     vad: bool = True
-    quantize: str = "none"  # none | int8: dynamic int8 Linear layers, CPU only
+    precision: str = "auto"  # auto | exact | int8 | bfloat16 | float16 (model_loading.py)
     # How a decoder pass attends (forward.py): None picks batched on CUDA, per window on the CPU.
     batched_attention: bool | None = None
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (model_loading.py)
     max_batch: int = 8  # requests decoded at once: the static cache's slots (forward.py)
     cuda_graphs: bool = True  # on CUDA with batched attention: replay captured passes (cuda_graphs.py)
 
@@ -102,10 +102,11 @@ class Engine:
         self.settings = settings
         self.device = resolve_device(settings.device)
         claim_device(self.device)
-        self.dtype = self._dtype(settings)
+        self.precision = self._precision(settings)
+        self.dtype = DTYPES[self.precision]
         started = time.monotonic()
         self.model = model if model is not None else load_model(settings.model_path, self.device, self.dtype)
-        if settings.quantize == "int8":
+        if self.precision == "int8":
             self.model = quantize_int8(self.model)
         self.vad = SpeechDetector() if settings.vad else None
         batched = settings.batched_attention
@@ -115,33 +116,21 @@ class Engine:
                                  self._prepare, self._finish, self._progress, settings.cuda_graphs)
         self.load_seconds = time.monotonic() - started
         log.info("model %s loaded on %s (%s) in %.1f s; KV cache of %d slots reserved: %.0f MiB",
-                 settings.model_path.name, self.device, self.dtype_name, self.load_seconds,
+                 settings.model_path.name, self.device, self.precision, self.load_seconds,
                  settings.max_batch, self.cache_bytes / 2**20)
 
     @property
     def cache_bytes(self) -> int:
         return self.loop.caches.reserved_bytes
 
-    def _dtype(self, settings: EngineSettings) -> torch.dtype:
-        if settings.quantize == "int8":
-            if self.device.type != "cpu":
-                raise RuntimeError("ASR_QUANTIZE=int8 is for the CPU; on CUDA the model runs in float16")
-            if settings.dtype not in ("auto", "float32"):
-                raise RuntimeError(f"ASR_QUANTIZE=int8 runs in float32, not {settings.dtype}")
-            return torch.float32
+    def _precision(self, settings: EngineSettings) -> str:
         native = native_bf16_flags() if self.device.type == "cpu" else ()
-        dtype = resolve_dtype(settings.dtype, self.device, native)
+        precision = resolve_precision(settings.precision, self.device, native)
         if self.device.type == "cpu":
-            passed_over = native and settings.dtype == "auto" and dtype == torch.float32
-            log.info("CPU bf16 support: %s; ASR_DTYPE=%s holds the weights in %s%s",
-                     " ".join(native) or "none (no amx_bf16 or avx512_bf16 flag)", settings.dtype,
-                     str(dtype).removeprefix("torch."),
-                     " (bf16 lost WER: docs/accuracy.md)" if passed_over else "")
-        return dtype
-
-    @property
-    def dtype_name(self) -> str:
-        return "int8" if self.settings.quantize == "int8" else str(self.dtype).removeprefix("torch.")
+            log.info("CPU bf16 support: %s; ASR_PRECISION=%s runs at %s (docs/accuracy.md)",
+                     " ".join(native) or "none (no amx_bf16 or avx512_bf16 flag)", settings.precision,
+                     precision)
+        return precision
 
     def warm_up(self) -> None:
         """Every path a request can take, once, so the first user's request compiles nothing: the VAD,
