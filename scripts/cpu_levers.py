@@ -11,7 +11,9 @@ tied to the token embedding) and the Linear layers (512 x 512 for attention, 2,0
   inductor's freezing uses it);
 - bfloat16 weights and activations (``F.linear``; native only with avx512_bf16 or amx_bf16);
 - int8 weights, one scale per output row, bfloat16 activations (``torch._weight_int8pack_mm``);
-- torch.ao's dynamic int8 (one activation scale per tensor), what ``ASR_QUANTIZE=int8`` is.
+- torch.ao's dynamic int8 (one activation scale per tensor), what ``ASR_QUANTIZE=int8`` was;
+- int8 weights with a scale per row and activations with a scale per token row, multiplied by
+  ``torch._int_mm`` (asr_server/engine/int8.py, ``ASR_PRECISION=int8``): CTranslate2's scheme.
 
 Prints a markdown table: ms (best of ``--repeats``), the ratio to torch float32, and each
 variant's error against float64 (max |y - exact| / max |exact|). Random weights of the real
@@ -24,11 +26,16 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from asr_server.engine.int8 import Int8Weight
 
 SHAPES = {"vocabulary 51865x512": (51865, 512), "attention 512x512": (512, 512),
           "MLP in 2048x512": (2048, 512), "MLP out 512x2048": (512, 2048)}
@@ -48,6 +55,7 @@ def variants(weight: torch.Tensor, rows: int) -> dict[str, Callable[[torch.Tenso
         dynamic[0].set_weight_bias(torch.quantize_per_tensor(weight, float(weight.abs().max() / 127), 0,
                                                              torch.qint8), None)
     bf16_scales = scales.to(torch.bfloat16)
+    per_row = Int8Weight(weight)
     return {
         "torch float32 (MKL)": lambda x: F.linear(x, weight),
         "numpy float32 (OpenBLAS)": lambda x: torch.from_numpy(x.numpy() @ numpy_weight),
@@ -56,7 +64,8 @@ def variants(weight: torch.Tensor, rows: int) -> dict[str, Callable[[torch.Tenso
         "bfloat16": lambda x: F.linear(x.to(torch.bfloat16), bf16),
         "int8 weights per row, bf16 activations": lambda x: torch._weight_int8pack_mm(
             x.to(torch.bfloat16), int8, bf16_scales),
-        "torch.ao dynamic int8 (ASR_QUANTIZE)": lambda x: dynamic(x),
+        "torch.ao dynamic int8 (the old ASR_QUANTIZE)": lambda x: dynamic(x),
+        "int8 per weight row and per token row, torch._int_mm (ASR_PRECISION=int8)": per_row.times,
     }
 
 

@@ -51,20 +51,24 @@ class Engines:
         self._models: dict[str, Whisper] = {}
         self._engines: dict[tuple[object, ...], Engine] = {}
 
-    def model(self, dtype: str = "float32") -> Whisper:
+    def model(self, precision: str = "exact") -> Whisper:
+        """The checkpoint held in ``precision``'s dtype (int8's layers are swapped by its engine)."""
+        from asr_server.engine.model_loading import DTYPES
+
+        dtype = str(DTYPES[precision])
         if dtype not in self._models:
             import torch
 
             from asr_server.config import Config
-            from asr_server.engine.model_loading import DTYPES, load_model
+            from asr_server.engine.model_loading import load_model
 
-            self._models[dtype] = load_model(Config().model_path, torch.device("cpu"), DTYPES[dtype])
+            self._models[dtype] = load_model(Config().model_path, torch.device("cpu"), DTYPES[precision])
         return self._models[dtype]
 
     def get(self, beam_size: int = 1, vad: bool = False, batched_attention: bool | None = None,
-            dtype: str = "float32", quantize: str = "none") -> Engine:
-        """float32 by default: whisper's own output is the oracle, in its dtype."""
-        key = (beam_size, vad, batched_attention, dtype, quantize)
+            precision: str = "exact") -> Engine:
+        """exact by default: whisper's own output is the oracle, in float32."""
+        key = (beam_size, vad, batched_attention, precision)
         if key not in self._engines:
             import torch
 
@@ -72,10 +76,10 @@ class Engines:
             from asr_server.engine.transcriber import Engine, EngineSettings
 
             settings = EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(),
-                                      beam_size=beam_size, vad=vad, quantize=quantize,
-                                      batched_attention=batched_attention, dtype=dtype)
+                                      beam_size=beam_size, vad=vad, precision=precision,
+                                      batched_attention=batched_attention)
             # int8 swaps the model's Linear layers in place: a copy, so the shared float32 model stays as is.
-            model = copy.deepcopy(self.model()) if quantize == "int8" else self.model(dtype)
+            model = copy.deepcopy(self.model()) if precision == "int8" else self.model(precision)
             self._engines[key] = Engine(settings, model)
         return self._engines[key]
 

@@ -97,21 +97,6 @@ def test_vad_sequence_model_finds_the_streaming_models_regions() -> None:
     assert speech == len(clips) >= 15  # every real clip has speech; silence and noise have none
 
 
-def test_int8_quantisation_on_the_cpu(engines: Engines) -> None:
-    engine = engines.get(quantize="int8")
-    assert engine.dtype_name == "int8"
-    quantized = torch.ao.nn.quantized.dynamic.Linear
-    assert isinstance(engine.model.decoder.blocks[0].mlp[0], quantized)
-    assert isinstance(engine.model.encoder.blocks[0].attn.query, quantized)
-    weight = engine.model.decoder.blocks[0].mlp[0].weight()  # type: ignore[no-untyped-call]
-    assert weight.qscheme() == torch.per_channel_affine  # a scale per output channel
-    assert weight.q_per_channel_scales().shape == (weight.shape[0],)
-    clip = next(c for c in load_manifest() if "jfk" in c.path.name)
-    samples = decode_wav(clip.path.read_bytes(), 60).samples
-    result = engine.transcribe(samples, TranscribeOptions("en", "transcribe"))
-    assert "ask not what your country can do for you" in result.text.lower()
-
-
 def test_the_vad_stops_between_blocks_once_its_caller_has_gone() -> None:
     """A recording of many 16 s blocks: with the event set the gate stops at the next block; the same
     detector then still answers whole recordings (the cancelled call left its model as it was)."""

@@ -64,7 +64,7 @@ def test_guard_keeps_only_authenticated_id_like_values_up_to_the_cap() -> None:
 
 def test_extra_metrics_are_prefixed() -> None:
     metrics = Metrics(CollectorRegistry(), machine_id_cap=10)
-    metrics.model_info.info({"name": "base", "device": "cpu", "dtype": "float32"})
+    metrics.model_info.info({"name": "base", "device": "cpu", "dtype": "float32", "precision": "int8"})
     assert all(name.startswith("asr_") for name in families(metrics))
-    assert 'asr_model_info{device="cpu",dtype="float32",name="base"} 1.0' in generate_latest(
+    assert 'asr_model_info{device="cpu",dtype="float32",name="base",precision="int8"} 1.0' in generate_latest(
         metrics.registry).decode()

@@ -10,8 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from asr_server.engine.model_loading import DTYPES, native_bf16_flags, resolve_precision
 from tests.harness import ServerProcess, wav_bytes
 
 from .conftest import KEY, exchange, request
@@ -48,7 +50,9 @@ def test_sidecar_health_and_a_valid_exposition(ops_server: ServerProcess) -> Non
     assert 'asr_requests_total{machine_id="abc123",status="ok",task="transcribe"} 1.0' in text
     assert 'asr_audio_seconds_total{machine_id="abc123",task="transcribe"} 0.1' in text
     assert 'asr_processing_seconds_count{machine_id="abc123",task="transcribe"} 1.0' in text
-    assert re.search(r'asr_model_info\{device="cpu",dtype="float32",name="base"\} 1\.0', text)
+    precision = resolve_precision("auto", torch.device("cpu"), native_bf16_flags())  # what the server runs
+    dtype = str(DTYPES[precision]).removeprefix("torch.")
+    assert f'asr_model_info{{device="cpu",dtype="{dtype}",name="base",precision="{precision}"}} 1.0' in text
     assert "asr_model_load_seconds " in text and "asr_ready 1.0" in text
     assert "asr_queue_depth 0.0" in text and "asr_inflight_requests 0.0" in text
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)

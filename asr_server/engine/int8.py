@@ -16,6 +16,7 @@ Measured op by op in docs/benchmarks.md (scripts/cpu_levers.py), and its WER in 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import cast
 
 import torch
@@ -30,7 +31,7 @@ def _quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     return quantized, peak / 127.0
 
 
-class _Int8Weight(torch.nn.Module):
+class Int8Weight(torch.nn.Module):
     """A weight (out, in) as int8 rows with one float32 scale each."""
 
     def __init__(self, weight: Tensor) -> None:
@@ -55,7 +56,7 @@ class _Int8Weight(torch.nn.Module):
         return out.view(*x.shape[:-1], -1)
 
 
-class Int8Linear(_Int8Weight):
+class Int8Linear(Int8Weight):
     """A Linear layer in int8: whisper's ``Linear`` with the same bias, float32 in and out."""
 
     def __init__(self, linear: torch.nn.Linear) -> None:
@@ -75,18 +76,20 @@ class Int8Vocabulary(torch.nn.Embedding):
 
     def __init__(self, embedding: torch.nn.Embedding) -> None:
         super().__init__(embedding.num_embeddings, embedding.embedding_dim, _weight=embedding.weight.detach())
-        self.int8 = _Int8Weight(embedding.weight)
+        self.int8 = Int8Weight(embedding.weight)
 
     def project(self, hidden: Tensor) -> Tensor:
         """The logits (..., vocabulary), float32, of the decoder's last hidden states."""
         return self.int8.times(hidden)
 
 
-def quantize_int8(model: Whisper, linears: bool = True, vocabulary: bool = True,
-                  encoder: bool = True) -> Whisper:
-    """The model with its Linear layers (the encoder's too, unless ``encoder`` is False) and its
-    vocabulary projection in int8, swapped in place. The parts can be left out one by one so each
-    lever is measured alone (scripts/batch_profile.py)."""
+PARTS = ("encoder", "decoder", "vocabulary")
+
+
+def quantize_int8(model: Whisper, parts: Collection[str] = PARTS) -> Whisper:
+    """The model with the ``parts`` in int8, swapped in place: the encoder's Linear layers, the
+    decoder's, the vocabulary projection. The server swaps all three; a part alone is one lever,
+    measured alone (scripts/batch_profile.py --int8)."""
     if next(model.parameters()).device.type != "cpu":
         raise RuntimeError("int8 is for the CPU (torch._int_mm's CPU kernels); on CUDA use float16")
 
@@ -98,11 +101,11 @@ def quantize_int8(model: Whisper, linears: bool = True, vocabulary: bool = True,
                 swap(child)
 
     with torch.no_grad():
-        if linears:
+        if "encoder" in parts:
+            swap(model.encoder)
+        if "decoder" in parts:
             swap(model.decoder)
-            if encoder:
-                swap(model.encoder)
-        if vocabulary:
+        if "vocabulary" in parts:
             model.decoder.token_embedding = Int8Vocabulary(model.decoder.token_embedding)
     return cast(Whisper, model)
 
