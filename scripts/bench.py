@@ -18,6 +18,7 @@ Run: .venv/bin/python scripts/bench.py            (greedy and beam 5, short clip
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -44,7 +45,7 @@ OPENMP = {name: os.environ[name] for name in OPENMP_DEFAULTS}
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from asr_server.config import Config  # noqa: E402
+from asr_server.config import PRECISION_SETTINGS, Config  # noqa: E402
 from asr_server.engine.audio_decoding import decode_wav  # noqa: E402
 from tests.harness import (  # noqa: E402
     REPO,
@@ -111,9 +112,9 @@ def checked_transcribe(url: str, clip: Clip) -> str:
     return str(reply["text"])
 
 
-def server_env(beam: int, max_batch: int) -> dict[str, str]:
+def server_env(beam: int, max_batch: int, precision: str = "auto") -> dict[str, str]:
     return {"ASR_BEAM_SIZE": str(beam), "SERVER_API_KEY": "", "ASR_MAX_QUEUE": "256",
-            **OPENMP, "ASR_MAX_BATCH": str(max_batch)}
+            **OPENMP, "ASR_MAX_BATCH": str(max_batch), "ASR_PRECISION": precision}
 
 
 Work = Callable[[Clip], object]
@@ -356,6 +357,9 @@ def main() -> int:
                         help="run only the memory runs and replace the Memory section of --out")
     parser.add_argument("--same-clip", action=argparse.BooleanOptionalAction, default=True,
                         help=f"{SAME_CLIP_REQUESTS} requests of one 5-12 s clip at once vs one after another")
+    parser.add_argument("--also-precision", choices=PRECISION_SETTINGS[1:],
+                        help="a third server at this ASR_PRECISION (an opt-in one beside the default): a "
+                             "contestant one at a time and at the top level")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--faster-whisper-child", nargs=3, metavar=("COMPUTE_TYPE", "BEAM", "WORKERS"),
                         help=argparse.SUPPRESS)
@@ -374,9 +378,13 @@ def main() -> int:
     top = max(args.levels)
     for decoding, beam in decodings:
         print(f"{decoding}: {len(clips)} clips, {sum(c.duration for c in clips):.0f} s of audio", flush=True)
+        also = args.also_precision
         with ServerProcess(env=server_env(beam, DEFAULT_BATCH)) as batched, \
-                ServerProcess(env=server_env(beam, 1)) as unbatched:
-            for server in (batched, unbatched):
+                ServerProcess(env=server_env(beam, 1)) as unbatched, \
+                contextlib.ExitStack() as stack:
+            other = {f"asr-server ASR_PRECISION={also}": stack.enter_context(
+                ServerProcess(env=server_env(beam, DEFAULT_BATCH, also)))} if also else {}
+            for server in (batched, unbatched, *other.values()):
                 checked_transcribe(server.url, clips[0])  # warm
             first = len(runs)
             if 1 in args.levels:
@@ -384,6 +392,7 @@ def main() -> int:
                 try:
                     runs += bench_single({
                         "asr-server": server_contestant(batched),
+                        **{name: server_contestant(server) for name, server in other.items()},
                         "openai-whisper transcribe() in-process": openai_contestant(clips, beam),
                         "asr-server engine in-process": engine_contestant(clips, beam),
                         "faster-whisper float32, a process of its own": children[0],
@@ -399,8 +408,8 @@ def main() -> int:
                 dictation = next(c for c in clips if 5 <= c.duration <= 12)
                 runs += bench_same_clip(batched, dictation, decoding, args.rounds)
             if top > 1:  # the same server without batching beside it, taking turns
-                runs += bench_concurrent({"asr-server": batched, "asr-server ASR_MAX_BATCH=1": unbatched},
-                                         clips, decoding, top, args.rounds)
+                runs += bench_concurrent({"asr-server": batched, "asr-server ASR_MAX_BATCH=1": unbatched,
+                                          **other}, clips, decoding, top, args.rounds)
         if top > 1:
             for compute_type in ("float32", "int8"):
                 runs.append(bench_faster_whisper_workers(clips, beam, decoding, compute_type, top))
@@ -435,6 +444,16 @@ def ratio(runs: list[Run], name: str, decoding: str, clients: int, other: str) -
     if not ours or not theirs:
         return "not measured"
     return f"{statistics.mean(ours.latencies) / statistics.mean(theirs.latencies):.2f}x"
+
+
+def throughput_ratio(runs: list[Run], name: str, decoding: str, clients: int) -> str:
+    ours = next((r for r in runs if r.name == name and r.decoding == decoding and r.concurrency == clients),
+                None)
+    theirs = next((r for r in runs if r.name.startswith("faster-whisper int8") and r.decoding == decoding
+                   and r.concurrency == clients), None)
+    if not ours or not theirs:
+        return "not measured"
+    return f"{ours.throughput / theirs.throughput:.2f}x"
 
 
 def rewrite_memory_section(args: argparse.Namespace) -> int:
@@ -485,6 +504,7 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: 
     import whisper
 
     audio = sum(c.duration for c in clips)
+    also_name = f"asr-server ASR_PRECISION={args.also_precision}"
     lines = [
         "# Benchmarks",
         "",
@@ -492,6 +512,7 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: 
         f"--decoding {args.decoding}{f' --clips {args.clips}' if args.clips else ''} --levels "
         f"{' '.join(map(str, args.levels))} --rounds {args.rounds} --memory-batches"
         f"{''.join(f' {b}' for b in args.memory_batches)}{'' if args.same_clip else ' --no-same-clip'}`"
+        f"{f' --also-precision {args.also_precision}' if args.also_precision else ''}"
         f"{'' if args.memory_batches else ' (no memory runs: the Memory section is an earlier run’s)'}.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores ({cpu_note()}), no GPU; Python "
@@ -502,8 +523,10 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: 
         f"Clips: {len(clips)} short real clips of `../shared/eval/` (de, en, es, fr), {audio:.0f} s of "
         f"audio, each sent with its language. Latency is per request as the client sees it (server) "
         "or per call (in-process); RTF = total latency / total audio; throughput = total audio / wall time.",
-        f"One client at a time, the five contestants take turns clip by clip ({args.rounds} rounds over the "
-        "clips); at the top level the server and its ASR_MAX_BATCH=1 twin take turns run by run "
+        f"One client at a time, the {'six' if args.also_precision else 'five'} contestants take turns "
+        f"clip by clip ({args.rounds} rounds over the "
+        "clips); at the top level the server and its ASR_MAX_BATCH=1 twin "
+        f"{'(and the opt-in precision) ' if args.also_precision else ''}take turns run by run "
         f"({args.rounds} rounds each); a drift in this shared host's speed falls on all alike. "
         "faster-whisper runs in a process of its own (its OpenMP runtime slowed torch in a shared one).",
         f"OpenMP {' '.join(f'{k}={v}' for k, v in OPENMP.items())} everywhere (the server's setting). "
@@ -536,6 +559,15 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: 
         f"{ratio(runs, 'asr-server', 'beam 5', 1, 'faster-whisper float32')}",
         "- greedy vs faster-whisper int8 greedy: "
         f"{ratio(runs, 'asr-server', 'greedy', 1, 'faster-whisper int8')}",
+        "- beam 5 vs faster-whisper int8 beam 5: "
+        f"{ratio(runs, 'asr-server', 'beam 5', 1, 'faster-whisper int8')}",
+        *([f"- ASR_PRECISION={args.also_precision} (opt-in) vs faster-whisper int8, greedy: "
+           f"{ratio(runs, also_name, 'greedy', 1, 'faster-whisper int8')}; beam 5: "
+           f"{ratio(runs, also_name, 'beam 5', 1, 'faster-whisper int8')}"] if args.also_precision else []),
+        f"- throughput at {max(args.levels)} clients, beam 5, ours / faster-whisper int8 with "
+        f"{max(args.levels)} workers: {throughput_ratio(runs, 'asr-server', 'beam 5', max(args.levels))}"
+        + (f"; ASR_PRECISION={args.also_precision}: "
+           f"{throughput_ratio(runs, also_name, 'beam 5', max(args.levels))}" if args.also_precision else ""),
         "",
         *memory_table(memory),
     ]
