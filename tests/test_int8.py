@@ -2,8 +2,8 @@
 
 What makes it that scheme and not torch.ao's dynamic int8: a scale per weight row and one per
 token row, so no row's numbers depend on the rows it shares a pass with; every Linear layer of
-both halves and the vocabulary projection in int8; whisper's own decoder (word alignment)
-still sees the float32 embedding.
+both halves and the vocabulary projection in int8; whisper's own
+decoder (word alignment) still sees the float32 embedding.
 """
 
 from __future__ import annotations
