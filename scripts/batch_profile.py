@@ -30,7 +30,7 @@ from asr_server.config import PRECISION_SETTINGS, Config  # noqa: E402
 from asr_server.contract.domain import TranscribeOptions  # noqa: E402
 from asr_server.engine import forward  # noqa: E402
 from asr_server.engine.audio_decoding import decode_wav  # noqa: E402
-from asr_server.engine.int8 import PARTS, quantize_int8  # noqa: E402
+from asr_server.engine.cpu_linear import PARTS, quantize_int8  # noqa: E402
 from asr_server.engine.transcriber import Engine, EngineSettings  # noqa: E402
 from tests.harness import load_manifest  # noqa: E402
 
@@ -72,12 +72,14 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=0, help="the first N short clips (0: all)")
     parser.add_argument("--attention", choices=("per-window", "batched"), default="per-window")
     parser.add_argument("--precision", choices=PRECISION_SETTINGS, default="auto")
+    parser.add_argument("--unpacked", action="store_true",
+                        help="with --precision bfloat16: the weights left unpacked (what packing gains)")
     parser.add_argument("--int8", nargs="+", choices=PARTS, default=[],
                         help="with --precision exact: only these parts in int8 (one lever alone)")
     args = parser.parse_args()
     engine = Engine(EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(),
                                    beam_size=args.beam, batched_attention=args.attention == "batched",
-                                   precision=args.precision))
+                                   precision=args.precision, pack_bf16=not args.unpacked))
     if args.int8:
         if engine.precision != "exact":
             parser.error("--int8 takes --precision exact")
@@ -90,7 +92,7 @@ def main() -> int:
     items = [(decode_wav(c.path.read_bytes(), 1e9).samples, TranscribeOptions(c.lang, "transcribe"))
              for c in clips]
     audio = sum(c.duration for c in clips)
-    parts = f" + int8 {', '.join(args.int8)}" if args.int8 else ""
+    parts = (f" + int8 {', '.join(args.int8)}" if args.int8 else "") + (", unpacked" if args.unpacked else "")
     print(f"{len(clips)} clips, {audio:.0f} s of audio, beam {args.beam}, {torch.get_num_threads()} threads, "
           f"{args.attention} attention, {engine.precision}{parts}")
     print("| run | wall s | encoder s | decoder passes s | passes | requests per pass | rest s | gain |")

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from asr_server.engine.int8 import Int8Weight
+from asr_server.engine.cpu_linear import Int8Weight
 
 SHAPES = {"vocabulary 51865x512": (51865, 512), "attention 512x512": (512, 512),
           "MLP in 2048x512": (2048, 512), "MLP out 512x2048": (512, 2048)}

@@ -78,8 +78,11 @@ class Engines:
             settings = EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(),
                                       beam_size=beam_size, vad=vad, precision=precision,
                                       batched_attention=batched_attention)
-            # int8 swaps the model's Linear layers in place: a copy, so the shared float32 model stays as is.
-            model = copy.deepcopy(self.model()) if precision == "int8" else self.model(precision)
+            # int8 and bf16 swap the model's Linear layers in place (cpu_linear.py): on a copy, so the
+            # shared model stays as loaded.
+            model = self.model(precision)
+            if precision in ("int8", "bfloat16"):
+                model = copy.deepcopy(model)
             self._engines[key] = Engine(settings, model)
         return self._engines[key]
 

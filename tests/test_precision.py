@@ -8,6 +8,7 @@ CUDA (float16) and AMX hosts (bfloat16) take.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from asr_server.engine import forward
 from asr_server.engine import model_loading as loading
 from asr_server.engine.audio_decoding import decode_wav
 from asr_server.engine.model_loading import native_bf16_flags, resolve_precision
-from asr_server.engine.transcriber import Engine
+from asr_server.engine.transcriber import Engine, EngineSettings
 from tests.harness import load_manifest, normalise
 
 from .conftest import Engines
@@ -104,11 +105,21 @@ def test_config_reads_asr_precision_and_the_names_it_replaced() -> None:
         precision_of(ASR_DTYPE="float32", ASR_PRECISION="int8")
 
 
-def reduced_precision_engine(engines: Engines, precision: str, caplog: pytest.LogCaptureFixture) -> Engine:
+def test_the_log_says_what_the_cpu_multiplies_natively_and_what_runs(
+        engines: Engines, caplog: pytest.LogCaptureFixture) -> None:
+    settings = EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(), beam_size=1, vad=False)
+    native = native_bf16_flags()
+    chosen = resolve_precision("auto", CPU, native)
     with caplog.at_level(logging.INFO, logger="asr_server.engine.transcriber"):
-        engine = engines.get(precision=precision)
-    assert engine.precision == precision and f"ASR_PRECISION={precision} runs at {precision}" in caplog.text
-    assert engine.dtype == loading.DTYPES[precision]
+        engine = Engine(settings, copy.deepcopy(engines.model(chosen)))  # a copy: it may swap layers
+    assert f"CPU bf16 support: {' '.join(native) or 'none'}" in caplog.text
+    assert f"ASR_PRECISION=auto runs at {engine.precision}" in caplog.text
+    assert engine.precision == chosen
+
+
+def reduced_precision_engine(engines: Engines, precision: str) -> Engine:
+    engine = engines.get(precision=precision)
+    assert engine.precision == precision and engine.dtype == loading.DTYPES[precision]
     assert engine.loop.caches.dtype == engine.dtype  # the caches in the model's dtype
     return engine
 
@@ -116,8 +127,8 @@ def reduced_precision_engine(engines: Engines, precision: str, caplog: pytest.Lo
 JFK = next(c for c in load_manifest() if "jfk" in c.path.name)
 
 
-def test_bfloat16_decodes_real_speech(engines: Engines, caplog: pytest.LogCaptureFixture) -> None:
-    engine = reduced_precision_engine(engines, "bfloat16", caplog)
+def test_bfloat16_decodes_real_speech(engines: Engines) -> None:
+    engine = reduced_precision_engine(engines, "bfloat16")
     samples = decode_wav(JFK.path.read_bytes(), 60).samples
     result = engine.transcribe(samples, TranscribeOptions(None, "transcribe"))
     assert result.language == "en"  # detected in bf16
@@ -125,10 +136,10 @@ def test_bfloat16_decodes_real_speech(engines: Engines, caplog: pytest.LogCaptur
     assert result.segments[-1].end > 9.0
 
 
-def test_float16_decodes_real_speech(engines: Engines, caplog: pytest.LogCaptureFixture) -> None:
+def test_float16_decodes_real_speech(engines: Engines) -> None:
     """CUDA's dtype, on the CPU (tests/test_cuda.py runs it with word timestamps on a GPU: whisper's
     alignment reruns the whole model, half a minute in emulated float16 here)."""
-    engine = reduced_precision_engine(engines, "float16", caplog)
+    engine = reduced_precision_engine(engines, "float16")
     samples = decode_wav(JFK.path.read_bytes(), 60).samples
     result = engine.transcribe(samples, TranscribeOptions("en", "transcribe"))
     assert normalise(result.text, "en") == normalise(JFK.text, "en")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from whisper.model import Whisper
 
-from asr_server.engine.int8 import project
+from asr_server.engine.cpu_linear import project
 from asr_server.engine.kv_cache import Caches
 from asr_server.engine.pass_plan import Feed, Plan
 

@@ -27,8 +27,8 @@ from whisper.model import Whisper
 from whisper.tokenizer import TO_LANGUAGE_CODE
 
 from asr_server.contract.domain import Segment, TranscribeOptions, Transcription, Word
+from asr_server.engine.cpu_linear import onednn_available, pack_bf16, quantize_int8
 from asr_server.engine.decoding_loop import DecodingLoop
-from asr_server.engine.int8 import quantize_int8
 from asr_server.engine.job import UNCHECKED, UNGATED, Job, Source, Speech
 from asr_server.engine.model_loading import (
     DTYPES,
@@ -63,6 +63,9 @@ class EngineSettings:
     batched_attention: bool | None = None
     max_batch: int = 8  # requests decoded at once: the static cache's slots (forward.py)
     cuda_graphs: bool = True  # on CUDA with batched attention: replay captured passes (cuda_graphs.py)
+    # bf16 on the CPU: the Linear layers packed for oneDNN (cpu_linear.py), the same bits; False
+    # only to measure what packing gains (scripts/batch_profile.py --unpacked).
+    pack_bf16: bool = True
 
 
 @dataclass(eq=False)
@@ -108,6 +111,9 @@ class Engine:
         self.model = model if model is not None else load_model(settings.model_path, self.device, self.dtype)
         if self.precision == "int8":
             self.model = quantize_int8(self.model)
+        elif (self.precision == "bfloat16" and self.device.type == "cpu" and settings.pack_bf16
+              and onednn_available()):
+            self.model = pack_bf16(self.model)
         self.vad = SpeechDetector() if settings.vad else None
         batched = settings.batched_attention
         self.loop = DecodingLoop(self.model, settings.max_batch,

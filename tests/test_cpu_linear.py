@@ -1,9 +1,11 @@
-"""ASR_PRECISION=int8 (asr_server/engine/int8.py): CTranslate2's scheme on the real model and real speech.
+"""The CPU's fast Linear layers (asr_server/engine/cpu_linear.py) on the real model and real speech.
 
-What makes it that scheme and not torch.ao's dynamic int8: a scale per weight row and one per
+int8, CTranslate2's scheme and not torch.ao's dynamic int8: a scale per weight row and one per
 token row, so no row's numbers depend on the rows it shares a pass with; every Linear layer of
-both halves and the vocabulary projection in int8; whisper's own
-decoder (word alignment) still sees the float32 embedding.
+both halves and the vocabulary projection in int8; whisper's own decoder (word alignment) still
+sees the float32 embedding.
+
+bf16 packed for oneDNN: the very bits of the unpacked bf16 model, layer by layer and end to end.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 import whisper
 
 from asr_server.contract.domain import TranscribeOptions
-from asr_server.engine import int8
+from asr_server.engine import cpu_linear
 from asr_server.engine.audio_decoding import decode_wav
 from asr_server.engine.transcriber import Engine
 from tests.harness import load_manifest, normalise
@@ -31,9 +33,9 @@ def engine(engines: Engines) -> Engine:
 
 
 @pytest.fixture(scope="module")
-def layer(engines: Engines) -> tuple[torch.nn.Linear, int8.Int8Linear]:
+def layer(engines: Engines) -> tuple[torch.nn.Linear, cpu_linear.Int8Linear]:
     linear = engines.model().decoder.blocks[1].mlp[0]  # 2048 x 512, with a bias
-    return linear, int8.Int8Linear(linear)
+    return linear, cpu_linear.Int8Linear(linear)
 
 
 def rows(count: int, seed: int = 0) -> torch.Tensor:
@@ -41,7 +43,7 @@ def rows(count: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_weights_are_int8_with_a_scale_per_row_and_use_all_8_bits(
-        layer: tuple[torch.nn.Linear, int8.Int8Linear]) -> None:
+        layer: tuple[torch.nn.Linear, cpu_linear.Int8Linear]) -> None:
     linear, quantized = layer
     assert quantized.quantized.dtype == torch.int8 and quantized.quantized.shape == linear.weight.shape
     assert quantized.scales.shape == (linear.out_features,)
@@ -51,7 +53,7 @@ def test_weights_are_int8_with_a_scale_per_row_and_use_all_8_bits(
     assert (dequantized - linear.weight).abs().max() <= quantized.scales.max() / 2 + 1e-7
 
 
-def test_the_product_is_close_to_float32(layer: tuple[torch.nn.Linear, int8.Int8Linear]) -> None:
+def test_the_product_is_close_to_float32(layer: tuple[torch.nn.Linear, cpu_linear.Int8Linear]) -> None:
     linear, quantized = layer
     x = rows(40).view(8, 5, 512)  # (requests, beams, state): any leading shape
     with torch.inference_mode():
@@ -60,7 +62,7 @@ def test_the_product_is_close_to_float32(layer: tuple[torch.nn.Linear, int8.Int8
     assert float((found - exact).abs().max() / exact.abs().max()) < 0.03
 
 
-def test_each_token_row_has_its_own_scale(layer: tuple[torch.nn.Linear, int8.Int8Linear]) -> None:
+def test_each_token_row_has_its_own_scale(layer: tuple[torch.nn.Linear, cpu_linear.Int8Linear]) -> None:
     """A quiet request batched with a loud one gets the very numbers it gets alone (a scale per tensor,
     torch.ao's, would round the quiet row to the loud row's grid)."""
     _, quantized = layer
@@ -71,7 +73,7 @@ def test_each_token_row_has_its_own_scale(layer: tuple[torch.nn.Linear, int8.Int
     assert torch.equal(alone, together)
 
 
-def test_empty_and_silent_rows(layer: tuple[torch.nn.Linear, int8.Int8Linear]) -> None:
+def test_empty_and_silent_rows(layer: tuple[torch.nn.Linear, cpu_linear.Int8Linear]) -> None:
     linear, quantized = layer
     with torch.inference_mode():
         assert quantized(torch.zeros(0, 512)).shape == (0, 2048)
@@ -83,17 +85,18 @@ def test_the_engine_swaps_every_linear_layer_and_the_vocabulary(engine: Engine, 
     model = engine.model
     assert engine.precision == "int8" and engine.dtype == torch.float32
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    swapped = [m for m in model.modules() if isinstance(m, int8.Int8Linear)]
+    swapped = [m for m in model.modules() if isinstance(m, cpu_linear.Int8Linear)]
     assert linears == [] and len(swapped) == 6 * 6 + 6 * 10  # base: encoder 6 per block, decoder 10
     embedding = model.decoder.token_embedding
-    assert isinstance(embedding, int8.Int8Vocabulary)
+    assert isinstance(embedding, cpu_linear.Vocabulary)
+    assert isinstance(embedding.projection, cpu_linear.Int8Weight)
     # The float32 embedding is kept for the lookup and whisper's own decoder; the convolutions too.
     assert torch.equal(embedding.weight, engines.model().decoder.token_embedding.weight)
     assert model.encoder.conv1.weight.dtype == torch.float32
     hidden = rows(5)
     with torch.inference_mode():
-        logits = int8.project(model.decoder, hidden)
-        exact = int8.project(engines.model().decoder, hidden)
+        logits = cpu_linear.project(model.decoder, hidden)
+        exact = cpu_linear.project(engines.model().decoder, hidden)
     assert torch.equal(logits, embedding.project(hidden)) and not torch.equal(logits, exact)
     assert float((logits - exact).abs().max() / exact.abs().max()) < 0.03
 
@@ -121,4 +124,55 @@ def test_int8_is_refused_on_a_model_off_the_cpu() -> None:
     model = whisper.model.Whisper(whisper.model.ModelDimensions(80, 1500, 64, 1, 1, 51865, 448, 64, 1, 1))
     model.to("meta")
     with pytest.raises(RuntimeError, match="int8 is for the CPU"):
-        int8.quantize_int8(model)
+        cpu_linear.quantize_int8(model)
+
+
+@pytest.fixture(scope="module")
+def bf16_engine(engines: Engines) -> Engine:
+    return engines.get(precision="bfloat16")
+
+
+def test_a_packed_bf16_layer_has_f_linears_bits(engines: Engines) -> None:
+    model = engines.model("bfloat16")  # as loaded, unpacked
+    layers = (model.decoder.blocks[0].mlp[0], model.encoder.blocks[3].attn.key)  # with and without a bias
+    for linear in layers:
+        packed = cpu_linear.PackedLinear(linear.weight, linear.bias)
+        for shape in ((1, 512), (5, 1, 512), (40, 1, 512), (1500, 512)):
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(len(shape))).to(torch.bfloat16)
+            with torch.inference_mode():
+                assert torch.equal(packed(x), linear(x)), shape
+    embedding = model.decoder.token_embedding
+    vocabulary = cpu_linear.Vocabulary(embedding, cpu_linear.PackedLinear(embedding.weight, None))
+    hidden = rows(5).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(vocabulary.project(hidden), cpu_linear.project(model.decoder, hidden))
+
+
+def test_the_bf16_engine_is_packed_and_computes_the_unpacked_models_bits(
+        bf16_engine: Engine, engines: Engines) -> None:
+    packed, unpacked = bf16_engine.model, engines.model("bfloat16")
+    assert bf16_engine.precision == "bfloat16"
+    assert not any(isinstance(m, torch.nn.Linear) for m in packed.modules())
+    assert sum(isinstance(m, cpu_linear.PackedLinear) for m in packed.modules()) == 6 * 6 + 6 * 10 + 1
+    samples = decode_wav(JFK.path.read_bytes(), 60).samples
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(samples))).unsqueeze(0)
+    tokens = torch.tensor([[50258, 50259, 50359, 50363, 400, 370, 452]])
+    with torch.inference_mode():
+        audio = packed.encoder(mel.to(torch.bfloat16))
+        assert torch.equal(audio, unpacked.encoder(mel.to(torch.bfloat16)))
+        # whisper's own decoder (word alignment runs it) through the packed layers
+        assert torch.equal(packed.decoder(tokens, audio), unpacked.decoder(tokens, audio))
+
+
+def test_bf16_packed_decodes_real_speech_with_words(bf16_engine: Engine) -> None:
+    samples = decode_wav(JFK.path.read_bytes(), 60).samples
+    result = bf16_engine.transcribe(samples, TranscribeOptions("en", "transcribe", word_timestamps=True))
+    assert normalise(result.text, "en") == normalise(JFK.text, "en")
+    assert [normalise(w.word, "en") for s in result.segments for w in s.words][:3] == ["and", "so", "my"]
+
+
+def test_the_private_kernels_are_checked_against_torchs_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu_linear.check_torch()  # the pinned torch
+    monkeypatch.setattr(cpu_linear, "KNOWN_TORCH", ("1.13",))
+    with pytest.raises(RuntimeError, match=r"cpu_linear.py is checked against torch 1.13, not 2\."):
+        cpu_linear.check_torch()
