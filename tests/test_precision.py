@@ -107,7 +107,8 @@ def test_config_reads_asr_precision_and_the_names_it_replaced() -> None:
 
 def test_the_log_says_what_the_cpu_multiplies_natively_and_what_runs(
         engines: Engines, caplog: pytest.LogCaptureFixture) -> None:
-    settings = EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(), beam_size=1, vad=False)
+    settings = EngineSettings(Config().model_path, "cpu", threads=torch.get_num_threads(), beam_size=1,
+                              vad=False)
     native = native_bf16_flags()
     chosen = resolve_precision("auto", CPU, native)
     with caplog.at_level(logging.INFO, logger="asr_server.engine.transcriber"):
