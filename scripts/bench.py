@@ -511,8 +511,8 @@ def write(args: argparse.Namespace, clips: list[Clip], runs: list[Run], memory: 
         f"Measured {datetime.date.today()} in one run of `.venv/bin/python scripts/bench.py "
         f"--decoding {args.decoding}{f' --clips {args.clips}' if args.clips else ''} --levels "
         f"{' '.join(map(str, args.levels))} --rounds {args.rounds} --memory-batches"
-        f"{''.join(f' {b}' for b in args.memory_batches)}{'' if args.same_clip else ' --no-same-clip'}`"
-        f"{f' --also-precision {args.also_precision}' if args.also_precision else ''}"
+        f"{''.join(f' {b}' for b in args.memory_batches)}{'' if args.same_clip else ' --no-same-clip'}"
+        f"{f' --also-precision {args.also_precision}' if args.also_precision else ''}`"
         f"{'' if args.memory_batches else ' (no memory runs: the Memory section is an earlier run’s)'}.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores ({cpu_note()}), no GPU; Python "
