@@ -37,10 +37,10 @@ def main() -> int:
     import logging
 
     from asr_server import app, logs
-    from asr_server.config import replaced_settings
+    from asr_server.precision_names import replaced_settings
 
     logs.configure(config.log_level, config.log_format)
-    for line in replaced_settings(os.environ, config):
+    for line in replaced_settings(os.environ, config.precision):
         logging.getLogger("asr_server").warning("%s", line)
 
     code = asyncio.run(app.run(config))

@@ -14,15 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from asr_server.precision_names import PRECISION_RULE, PRECISION_SETTINGS, with_replaced_names
+
 # Where `make model` writes checkpoints and where ASR_MODEL names are looked up (the repository's
 # models/, beside the package).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
-# ASR_PRECISION: engine/model_loading.py says what each one holds and what ``auto`` picks per device.
-PRECISION_SETTINGS = ("auto", "exact", "int8", "bfloat16", "float16")
-# The names it replaced, still read: each value and the precision it stands for.
-_OLD_DTYPES = {"auto": "auto", "float32": "exact", "bfloat16": "bfloat16", "float16": "float16"}
-_OLD_QUANTIZE = {"none": None, "int8": "int8"}
 
 T = TypeVar("T")
 
@@ -237,31 +234,9 @@ class _Reader:
         return value
 
     def precision(self, default: str) -> str:
-        """``ASR_PRECISION``, or what the older ``ASR_DTYPE`` / ``ASR_QUANTIZE`` stand for (only where
-        ASR_PRECISION is not set: two settings that could disagree are refused)."""
-        rule = "must be " + ", ".join(PRECISION_SETTINGS[:-1]) + " or " + PRECISION_SETTINGS[-1]
-        precision = self.get("ASR_PRECISION", str.lower, default, lambda v: v in PRECISION_SETTINGS, rule)
-        old = {name: self.env[name].strip().lower() for name in ("ASR_DTYPE", "ASR_QUANTIZE")
-               if self.env.get(name, "").strip()}
-        if not old:
-            return precision
-        if self.env.get("ASR_PRECISION", "").strip():
-            self.problems.append(f"{' and '.join(old)} are replaced by ASR_PRECISION, which is set too: "
-                                 f"remove {' and '.join(old)}")
-            return precision
-        dtype = _OLD_DTYPES.get(old.get("ASR_DTYPE", "auto"))
-        quantized = old.get("ASR_QUANTIZE", "none")
-        if dtype is None or quantized not in _OLD_QUANTIZE:
-            self.problems.append(f"{' and '.join(f'{k}={v!r}' for k, v in old.items())}: replaced by "
-                                 f"ASR_PRECISION, which {rule}")
-            return precision
-        if _OLD_QUANTIZE[quantized] is None:
-            return dtype
-        if dtype not in ("auto", "exact"):
-            self.problems.append(f"ASR_QUANTIZE=int8 cannot go with ASR_DTYPE={old['ASR_DTYPE']}: "
-                                 "set ASR_PRECISION=int8 instead of both")
-        return "int8"
-
+        precision = self.get("ASR_PRECISION", str.lower, default, lambda v: v in PRECISION_SETTINGS,
+                             PRECISION_RULE)
+        return with_replaced_names(self.env, precision, self.problems)
 
     def boolean(self, name: str, default: bool) -> bool:
         raw = self.env.get(name)
@@ -291,13 +266,6 @@ def _physical_memory_bytes() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):  # not on this platform: size for a small host
         return 4 << 30
-
-
-def replaced_settings(env: Mapping[str, str], config: Config) -> list[str]:
-    """A line for each older setting still in use, naming what replaces it (logged at start)."""
-    return [f"{name}={env[name].strip()} is read as ASR_PRECISION={config.precision}: "
-            f"{name} is replaced by ASR_PRECISION (README), set that instead"
-            for name in ("ASR_DTYPE", "ASR_QUANTIZE") if env.get(name, "").strip()]
 
 
 def is_loopback(host: str) -> bool:

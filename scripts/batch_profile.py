@@ -26,12 +26,13 @@ assert OPENMP_DEFAULTS
 
 import torch  # noqa: E402
 
-from asr_server.config import PRECISION_SETTINGS, Config  # noqa: E402
+from asr_server.config import Config  # noqa: E402
 from asr_server.contract.domain import TranscribeOptions  # noqa: E402
 from asr_server.engine import forward  # noqa: E402
 from asr_server.engine.audio_decoding import decode_wav  # noqa: E402
 from asr_server.engine.cpu_linear import PARTS, quantize_int8  # noqa: E402
 from asr_server.engine.transcriber import Engine, EngineSettings  # noqa: E402
+from asr_server.precision_names import PRECISION_SETTINGS  # noqa: E402
 from tests.harness import load_manifest  # noqa: E402
 
 

@@ -45,8 +45,9 @@ OPENMP = {name: os.environ[name] for name in OPENMP_DEFAULTS}
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from asr_server.config import PRECISION_SETTINGS, Config  # noqa: E402
+from asr_server.config import Config  # noqa: E402
 from asr_server.engine.audio_decoding import decode_wav  # noqa: E402
+from asr_server.precision_names import PRECISION_SETTINGS  # noqa: E402
 from tests.harness import (  # noqa: E402
     REPO,
     Clip,

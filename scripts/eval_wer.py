@@ -15,8 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asr_server.config import PRECISION_SETTINGS, Config
+from asr_server.config import Config
 from asr_server.engine.audio_decoding import decode_wav
+from asr_server.precision_names import PRECISION_SETTINGS
 from tests.harness import (
     REPO,
     Clip,

@@ -17,9 +17,9 @@ from tests.harness import REPO
 
 PACKAGE = REPO / "asr_server"
 # A module's layer: the first of its dotted name's prefixes found here. Foundation modules (config,
-# logs) sit with the contract: every layer reads them, they read only the contract.
+# precision_names, logs) sit with the contract: every layer reads them, they read only the contract.
 LAYERS = {
-    "asr_server.contract": 0, "asr_server.config": 0, "asr_server.logs": 0,
+    "asr_server.contract": 0, "asr_server.config": 0, "asr_server.precision_names": 0, "asr_server.logs": 0,
     "asr_server.engine": 1, "asr_server.postprocess": 1,
     "asr_server.admission": 2, "asr_server.metrics": 2, "asr_server.service": 2,
     "asr_server.transports": 3,

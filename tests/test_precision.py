@@ -15,16 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from asr_server.config import Config, ConfigError, replaced_settings
+from asr_server.config import Config, ConfigError
 from asr_server.contract.domain import TranscribeOptions
 from asr_server.engine import forward
 from asr_server.engine import model_loading as loading
 from asr_server.engine.audio_decoding import decode_wav
 from asr_server.engine.model_loading import native_bf16_flags, resolve_precision
 from asr_server.engine.transcriber import Engine, EngineSettings
-from tests.harness import load_manifest, normalise
+from asr_server.precision_names import replaced_settings
+from tests.harness import ServerProcess, load_manifest, normalise
 
-from .conftest import Engines
+from .conftest import KEY, Engines
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -91,10 +92,10 @@ def test_config_reads_asr_precision_and_the_names_it_replaced() -> None:
     assert precision_of(ASR_DTYPE="float32", ASR_QUANTIZE="int8") == "int8"
     # ...and a line at start names the new one.
     env = {"ASR_QUANTIZE": "int8", "ALLOW_NO_AUTH": "1"}
-    assert replaced_settings(env, Config.from_env(env)) == [
+    assert replaced_settings(env, Config.from_env(env).precision) == [
         "ASR_QUANTIZE=int8 is read as ASR_PRECISION=int8: ASR_QUANTIZE is replaced by ASR_PRECISION "
         "(README), set that instead"]
-    assert replaced_settings({"ASR_PRECISION": "exact"}, Config()) == []
+    assert replaced_settings({"ASR_PRECISION": "exact"}, "exact") == []
     with pytest.raises(ConfigError, match="ASR_QUANTIZE=int8 cannot go with ASR_DTYPE=bfloat16: set "
                                           "ASR_PRECISION=int8"):
         precision_of(ASR_DTYPE="bfloat16", ASR_QUANTIZE="int8")
@@ -155,3 +156,13 @@ def test_the_decoders_layernorm_skips_whispers_casts_with_the_same_bits(engines:
     x = (torch.randn(7, 1, model.dims.n_text_state, generator=torch.Generator().manual_seed(1)) * 4).to(held)
     assert torch.equal(forward._norm(norm, x), norm(x))
     assert forward._norm(norm, x).dtype == held
+
+
+def test_a_server_started_with_an_older_name_runs_its_precision_and_says_so() -> None:
+    env = {"ASR_BEAM_SIZE": "1", "SERVER_API_KEY": KEY, "ASR_DTYPE": "float32"}
+    with ServerProcess(env=env) as server:
+        status, metrics = server.http_get("/metrics", server.metrics_port)
+        lines = list(server.lines)
+    assert status == 200 and 'dtype="float32",name="base",precision="exact"' in metrics
+    assert any("ASR_DTYPE=float32 is read as ASR_PRECISION=exact: ASR_DTYPE is replaced by ASR_PRECISION"
+               in line for line in lines), lines[:5]

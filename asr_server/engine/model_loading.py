@@ -30,7 +30,7 @@ from typing import cast
 import torch
 from whisper.model import ModelDimensions, Whisper
 
-from asr_server.config import PRECISION_SETTINGS
+from asr_server.precision_names import PRECISION_SETTINGS
 
 # Each precision's weights dtype (int8's float32 weights are quantised after loading: int8.py).
 DTYPES = {"exact": torch.float32, "int8": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
