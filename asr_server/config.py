@@ -20,7 +20,6 @@ from asr_server.precision_names import PRECISION_RULE, PRECISION_SETTINGS, with_
 # models/, beside the package).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
-
 T = TypeVar("T")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

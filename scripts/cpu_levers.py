@@ -13,7 +13,7 @@ tied to the token embedding) and the Linear layers (512 x 512 for attention, 2,0
 - int8 weights, one scale per output row, bfloat16 activations (``torch._weight_int8pack_mm``);
 - torch.ao's dynamic int8 (one activation scale per tensor), what ``ASR_QUANTIZE=int8`` was;
 - int8 weights with a scale per row and activations with a scale per token row, multiplied by
-  ``torch._int_mm`` (asr_server/engine/int8.py, ``ASR_PRECISION=int8``): CTranslate2's scheme.
+  ``torch._int_mm`` (asr_server/engine/cpu_linear.py, ``ASR_PRECISION=int8``): CTranslate2's scheme.
 
 Prints a markdown table: ms (best of ``--repeats``), the ratio to torch float32, and each
 variant's error against float64 (max |y - exact| / max |exact|). Random weights of the real

@@ -1,5 +1,5 @@
 """ASR_PRECISION: what ``auto`` picks per device, the older names it replaced, weights converted once
-at load, and bf16/fp16 decoding on the CPU (int8 has tests/test_int8.py).
+at load, and bf16/fp16 decoding on the CPU (int8 and packed bf16: tests/test_cpu_linear.py).
 
 The reduced-precision tests run the real model on real speech. On a CPU without native bf16
 or fp16 torch emulates both, slowly but with the same rounding, so these check the dtype path

@@ -5,7 +5,7 @@
 - ``exact``: float32 weights, whisper's own float32 arithmetic: whisper's tokens (the oracle tests
   hold the server to them);
 - ``int8``: the Linear layers and the vocabulary projection in int8 with a scale per weight row
-  and per token row (int8.py), the rest float32; the CPU only;
+  and per token row (cpu_linear.py), the rest float32; the CPU only;
 - ``bfloat16`` / ``float16``: the weights held in that dtype.
 
 The weights are converted once, at load, so no op casts them again (whisper's
@@ -32,7 +32,7 @@ from whisper.model import ModelDimensions, Whisper
 
 from asr_server.precision_names import PRECISION_SETTINGS
 
-# Each precision's weights dtype (int8's float32 weights are quantised after loading: int8.py).
+# Each precision's weights dtype (int8's float32 weights are quantised after loading: cpu_linear.py).
 DTYPES = {"exact": torch.float32, "int8": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 assert ("auto", *DTYPES) == PRECISION_SETTINGS
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
