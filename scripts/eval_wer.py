@@ -24,7 +24,6 @@ from tests.harness import (
     ServerProcess,
     load_manifest,
     load_reference_model,
-    normalise,
     reference_transcribe,
     transcribe,
     wer,
@@ -112,8 +111,6 @@ def precision_cost(clips: list[Clip], beams: list[int], precisions: list[str], o
     """WER with each ASR_PRECISION through the server, against the first (exact), and issue 23's rule:
     a precision may be a default only if, at every beam, the WER pooled over all clips is at most
     POOLED_LIMIT points above exact and no language more than LANGUAGE_LIMIT above."""
-    import jiwer
-
     langs = sorted({c.lang for c in clips})
     base, others = precisions[0], precisions[1:]
     heading = "## The WER of `ASR_PRECISION`"
@@ -132,10 +129,8 @@ def precision_cost(clips: list[Clip], beams: list[int], precisions: list[str], o
         texts = {p: run_server(clips, beam, p) for p in precisions}
         for lang in [*langs, "all"]:
             idx = [i for i, c in enumerate(clips) if lang in ("all", c.lang)]
-            pairs = {p: [(normalise(clips[i].text, clips[i].lang), normalise(texts[p][i], clips[i].lang))
-                         for i in idx] for p in precisions}
-            wers = {p: 100.0 * float(jiwer.wer([r for r, h in pairs[p] if r], [h for r, h in pairs[p] if r]))
-                    for p in precisions}
+            refs, codes = [clips[i].text for i in idx], [clips[i].lang for i in idx]
+            wers = {p: wer(refs, [texts[p][i] for i in idx], codes) for p in precisions}
             limit = POOLED_LIMIT if lang == "all" else LANGUAGE_LIMIT
             for p in others:
                 if wers[p] - wers[base] > limit:

@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -280,12 +280,15 @@ def word_levenshtein(a: list[str], b: list[str]) -> int:
     return previous[-1]
 
 
-def wer(references: Iterable[str], hypotheses: Iterable[str], lang: str) -> float:
-    """Corpus word error rate, in percent, after Whisper's normalisation."""
+def wer(references: Iterable[str], hypotheses: Iterable[str], lang: str | Sequence[str]) -> float:
+    """Corpus word error rate, in percent, after Whisper's normalisation; ``lang``: the clips'
+    language, or each clip's (a WER pooled over languages)."""
     import jiwer
 
-    refs = [normalise(r, lang) for r in references]
-    hyps = [normalise(h, lang) for h in hypotheses]
+    references, hypotheses = list(references), list(hypotheses)
+    langs = [lang] * len(references) if isinstance(lang, str) else list(lang)
+    refs = [normalise(r, code) for r, code in zip(references, langs, strict=True)]
+    hyps = [normalise(h, code) for h, code in zip(hypotheses, langs, strict=True)]
     pairs = [(r, h) for r, h in zip(refs, hyps, strict=True) if r]
     return 100.0 * float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
 

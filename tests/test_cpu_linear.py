@@ -17,7 +17,7 @@ import torch
 import whisper
 
 from asr_server.contract.domain import TranscribeOptions
-from asr_server.engine import cpu_linear
+from asr_server.engine import cpu_linear, forward
 from asr_server.engine.audio_decoding import decode_wav
 from asr_server.engine.transcriber import Engine
 from tests.harness import load_manifest, normalise
@@ -95,8 +95,8 @@ def test_the_engine_swaps_every_linear_layer_and_the_vocabulary(engine: Engine, 
     assert model.encoder.conv1.weight.dtype == torch.float32
     hidden = rows(5)
     with torch.inference_mode():
-        logits = cpu_linear.project(model.decoder, hidden)
-        exact = cpu_linear.project(engines.model().decoder, hidden)
+        logits = forward.project(model.decoder, hidden)
+        exact = forward.project(engines.model().decoder, hidden)
     assert torch.equal(logits, embedding.project(hidden)) and not torch.equal(logits, exact)
     assert float((logits - exact).abs().max() / exact.abs().max()) < 0.03
 
@@ -145,7 +145,7 @@ def test_a_packed_bf16_layer_has_f_linears_bits(engines: Engines) -> None:
     vocabulary = cpu_linear.Vocabulary(embedding, cpu_linear.PackedLinear(embedding.weight, None))
     hidden = rows(5).to(torch.bfloat16)
     with torch.inference_mode():
-        assert torch.equal(vocabulary.project(hidden), cpu_linear.project(model.decoder, hidden))
+        assert torch.equal(vocabulary.project(hidden), forward.project(model.decoder, hidden))
 
 
 def test_the_bf16_engine_is_packed_and_computes_the_unpacked_models_bits(

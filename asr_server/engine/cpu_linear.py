@@ -24,7 +24,8 @@ bf16 (tests/test_cpu_linear.py), so bf16's WER stands; 1.5-2x faster for a few r
 vocabulary at one row: 3.0 ms against 1.4 ms, docs/benchmarks.md).
 
 The token embedding keeps its weight for the lookup: whisper's own decoder (word alignment,
-language detection) projects with it; only the decoding loop's passes call ``project``.
+language detection) projects with it; only the decoding loop's passes (forward.py) call
+``Vocabulary.project``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import cast
 
 import torch
 from torch import Tensor
-from whisper.model import TextDecoder, Whisper
+from whisper.model import Whisper
 
 KNOWN_TORCH = ("2.13",)
 
@@ -79,6 +80,9 @@ class Int8Weight(torch.nn.Module):
         out = product.mul_(row_scales).mul_(self.scales)
         return out.view(*x.shape[:-1], -1)
 
+    def forward(self, x: Tensor) -> Tensor:
+        return self.times(x)
+
 
 class Int8Linear(Int8Weight):
     """A Linear layer in int8: whisper's ``Linear`` with the same bias, float32 in and out."""
@@ -113,7 +117,7 @@ class PackedLinear(torch.nn.Module):
 
 class Vocabulary(torch.nn.Embedding):
     """The token embedding, its lookup as before, and its projection to logits by ``projection``
-    (an ``Int8Weight``'s product or a ``PackedLinear``)."""
+    (an ``Int8Weight`` or a ``PackedLinear``); forward.py's passes call ``project``."""
 
     def __init__(self, embedding: torch.nn.Embedding, projection: torch.nn.Module) -> None:
         super().__init__(embedding.num_embeddings, embedding.embedding_dim, _weight=embedding.weight.detach())
@@ -121,10 +125,7 @@ class Vocabulary(torch.nn.Embedding):
 
     def project(self, hidden: Tensor) -> Tensor:
         """The logits (..., vocabulary), float32, of the decoder's last hidden states."""
-        projection = self.projection
-        if isinstance(projection, Int8Weight):
-            return projection.times(hidden)
-        logits: Tensor = projection(hidden)
+        logits: Tensor = self.projection(hidden)
         return logits.float()
 
 
@@ -176,13 +177,3 @@ def _swap_linears(half: torch.nn.Module, make: Callable[[torch.nn.Linear], torch
         if isinstance(linear, torch.nn.Linear):
             parent, _, attribute = name.rpartition(".")
             setattr(half.get_submodule(parent), attribute, make(linear))
-
-
-def project(decoder: TextDecoder, hidden: Tensor) -> Tensor:
-    """The vocabulary logits (float32) of ``hidden``: int8 or packed where the model was, else
-    whisper's own product with the token embedding, in the hidden states' dtype."""
-    embedding = decoder.token_embedding
-    if isinstance(embedding, Vocabulary):
-        return embedding.project(hidden)
-    logits: Tensor = (hidden @ embedding.weight.to(hidden.dtype).T).float()
-    return logits

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from whisper.model import Whisper
+from whisper.model import TextDecoder, Whisper
 
-from asr_server.engine.cpu_linear import project
+from asr_server.engine.cpu_linear import Vocabulary
 from asr_server.engine.kv_cache import Caches
 from asr_server.engine.pass_plan import Feed, Plan
 
@@ -124,6 +124,16 @@ def decoder_pass(caches: Caches, feed: Feed, attend: _PerWindow | _Batched) -> T
         x = x + block.mlp(_norm(block.mlp_ln, x))
     hidden: Tensor = _norm(decoder.ln, x)[:, -1]
     return project(decoder, hidden)
+
+
+def project(decoder: TextDecoder, hidden: Tensor) -> Tensor:
+    """The vocabulary logits (float32) of ``hidden``: through the int8 or packed projection where
+    the model has one (cpu_linear.py), else whisper's own product with the token embedding."""
+    embedding = decoder.token_embedding
+    if isinstance(embedding, Vocabulary):
+        return embedding.project(hidden)
+    logits: Tensor = (hidden @ embedding.weight.to(hidden.dtype).T).float()
+    return logits
 
 
 def _norm(norm: torch.nn.LayerNorm, x: Tensor) -> Tensor:
