@@ -120,12 +120,14 @@ async def run(config: Config) -> int:
     metrics.pending_connections.set_function(lambda: service.pending.total)
     metrics.ready.set_function(service.ready)
     scheduler.start()
-    ws_server = await WebSocketTransport(service).listen()
+    transport = WebSocketTransport(service)
+    ws_server = await transport.listen()
     port = ws_server.sockets[0].getsockname()[1]
     sidecar = Sidecar(service.health, metrics.registry)
     metrics_port = await sidecar.start(config.metrics_host, config.metrics_port)
     http_api = HttpApi(service, config.model)
     http_port = await http_api.start(config.host, config.http_port)
+    transport.live_port = http_port
     log.info("listening on ws://%s:%d/ws/transcribe (model loading)", config.host, port)
     log.info("OpenAI-compatible API on http://%s:%d/v1/audio/transcriptions", config.host, http_port)
     log.info("metrics on http://%s:%d/metrics", config.metrics_host, metrics_port)

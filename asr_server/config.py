@@ -94,6 +94,11 @@ class Config:
     postprocess_default: bool = False
     postprocess_max_concurrency: int = 4
     postprocess_slot_wait_s: float = 10.0  # the wait for one of those slots, before the call
+    max_live_sessions: int = 4  # /v1/realtime sessions open at once (live_session.py)
+    live_max_session_s: float = 3600.0
+    live_idle_timeout_s: float = 60.0  # no event from the client for this long ends the session
+    live_max_buffer_s: float = 30.0  # an item's audio not yet final; past it the server says it is behind
+    live_beam_size: int = 0  # a live item's decodes: 0 is ASR_BEAM_SIZE's (beam 5 costs greedy's time here)
 
     @property
     def effective_max_audio_bytes(self) -> int:
@@ -192,6 +197,16 @@ class Config:
             postprocess_slot_wait_s=reader.get(
                 "POSTPROCESS_SLOT_WAIT_S", float, defaults.postprocess_slot_wait_s,
                 lambda v: 0 <= v <= 600, "must be in [0, 600]"),
+            max_live_sessions=reader.get("MAX_LIVE_SESSIONS", int, defaults.max_live_sessions,
+                                         lambda v: 0 <= v <= 10_000, "must be 0 (none) .. 10000"),
+            live_max_session_s=reader.get("LIVE_MAX_SESSION_S", float, defaults.live_max_session_s,
+                                          lambda v: 0 < v <= 86_400, "must be in (0, 86400]"),
+            live_idle_timeout_s=reader.get("LIVE_IDLE_TIMEOUT_S", float, defaults.live_idle_timeout_s,
+                                           lambda v: 0 < v <= 3600, "must be in (0, 3600]"),
+            live_max_buffer_s=reader.get("LIVE_MAX_BUFFER_S", float, defaults.live_max_buffer_s,
+                                         lambda v: 10 <= v <= 600, "must be in [10, 600]"),
+            live_beam_size=reader.get("LIVE_BEAM_SIZE", int, defaults.live_beam_size, lambda v: 0 <= v <= 5,
+                                      "must be 0 (ASR_BEAM_SIZE's), 1 (greedy) .. 5"),
             log_level=reader.get("LOG_LEVEL", str.upper, defaults.log_level,
                                  lambda v: v in _LOG_LEVELS, f"must be one of {', '.join(_LOG_LEVELS)}"),
         )

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 # Speech work: from a short clip on a GPU (~50 ms) to half an hour of audio on a CPU.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+LIVE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 UNAUTHENTICATED = "unauthenticated"
@@ -98,6 +99,14 @@ class Metrics:
         self.ready = Gauge("asr_ready", "1 when /health says ok", registry=registry)
         self.kv_cache_bytes = Gauge("asr_kv_cache_bytes",
                                     "Bytes of the decoder's cache, reserved once at start", registry=registry)
+        self.live_sessions = Gauge("asr_live_sessions", "Live dictation sessions open now (/v1/realtime)",
+                                   registry=registry)
+        self.live_commit_lag = Histogram("asr_live_commit_lag_seconds",
+                                         "From a committed word's audio arriving to its delta being sent",
+                                         buckets=LIVE_BUCKETS, registry=registry)
+        self.live_final_latency = Histogram("asr_live_final_latency_seconds",
+                                            "From the end of an item's speech (or its commit) to completed",
+                                            buckets=LIVE_BUCKETS, registry=registry)
         self.event_loop_lag = Histogram("asr_event_loop_lag_seconds",
                                         "How late the event loop ran a timer (blocked loop)",
                                         buckets=LAG_BUCKETS, registry=registry)

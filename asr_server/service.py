@@ -25,6 +25,7 @@ from asr_server.config import Config
 from asr_server.contract.domain import PostprocessOutcome, Segment, TranscribeOptions, Transcription
 from asr_server.contract.errors import Overloaded
 from asr_server.engine.audio_decoding import DecodedAudio, decode_audio, decode_wav
+from asr_server.engine.job import UNCHECKED, Speech
 from asr_server.engine.scheduler import Scheduler
 from asr_server.metrics import Metrics, RequestOutcome
 from asr_server.postprocess.llm_client import PostProcessor
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CLIENT_GONE = "client_gone"  # statuses of requests that ended without a frame of ours
 CUT_BY_SHUTDOWN = "shutdown"  # still running when SIGTERM's grace period ended
+LIVE_SESSION = "live_session"  # a live connection: its items are logged and counted, not it
 _BUDGET_FULL = "the server holds its limit of audio in flight; try again shortly"
 
 
@@ -153,10 +155,11 @@ class AsrService:
         return audio
 
     async def transcribe(self, samples: np.ndarray, options: TranscribeOptions,
-                         listener: Callable[[list[Segment]], None] | None = None) -> Transcription:
+                         listener: Callable[[list[Segment]], None] | None = None,
+                         speech: Speech = UNCHECKED) -> Transcription:
         """The scheduler's answer; cancelling the awaiting task takes the request out of the queue,
         its speech gate and the decoding loop."""
-        return await self.scheduler.submit(samples, options, listener)
+        return await self.scheduler.submit(samples, options, listener, speech)
 
     async def postprocess(self, transcription: Transcription, wanted: bool | None, task: str,
                           record: RequestRecord) -> PostprocessOutcome:
@@ -174,7 +177,7 @@ class AsrService:
 
     def record(self, record: RequestRecord) -> None:
         """The one place a request is logged and counted, whatever its outcome; pings are neither."""
-        if record.kind == "ping":
+        if record.kind in ("ping", LIVE_SESSION):
             return
         label = self.metrics.guard.label(record.machine_id, record.authenticated)
         self.metrics.observe(record.outcome(label))

@@ -113,7 +113,8 @@ def strict_server() -> Iterator[ServerProcess]:
            # the first one's decode (continuous batching), so a third finds the queue full.
            "ASR_MAX_BATCH": "1",
            # Above the 500 idle connections of the bad-input corpus (test_preauth tests the cap).
-           "MAX_PENDING_CONNECTIONS": "1000"}
+           "MAX_PENDING_CONNECTIONS": "1000",
+           "MAX_LIVE_SESSIONS": "1"}
     with ServerProcess(env=env) as process:
         yield process
 

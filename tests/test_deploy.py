@@ -225,6 +225,9 @@ def test_spec_client_through_nginx_and_failover(backends: tuple[ServerProcess, S
         text = api.audio.transcriptions.create(model="whisper-1", file=("jfk.wav", jfk_wav), language="en",
                                                response_format="text")
         assert "your country" in text
+        # Live dictation's WebSocket upgrade passes through the same /v1/ location.
+        with api.realtime.connect(extra_query={"intent": "transcription"}) as live:
+            assert live.recv().type == "session.created"
 
         second.stop()  # one backend dies; nginx must route around it
         for _ in range(4):

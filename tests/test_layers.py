@@ -22,6 +22,7 @@ LAYERS = {
     "asr_server.contract": 0, "asr_server.config": 0, "asr_server.precision_names": 0, "asr_server.logs": 0,
     "asr_server.engine": 1, "asr_server.postprocess": 1,
     "asr_server.admission": 2, "asr_server.metrics": 2, "asr_server.service": 2,
+    "asr_server.live_session": 2, "asr_server.live_decoding": 2,
     "asr_server.transports": 3,
     "asr_server.app": 4, "asr_server.heap": 4, "asr_server.__main__": 4,
 }
@@ -86,7 +87,7 @@ def test_no_module_has_two_jobs_length(path: Path) -> None:
 
 @pytest.mark.parametrize("module", ["asr_server.config", "asr_server.contract.domain",
                                     "asr_server.contract.frames", "asr_server.contract.openai_formats",
-                                    "asr_server.contract.errors"])
+                                    "asr_server.contract.errors", "asr_server.contract.realtime_events"])
 def test_config_and_the_contract_import_no_torch(module: str) -> None:
     """In a fresh interpreter: importing the settings or the wire contract loads neither torch nor whisper."""
     probe = (f"import sys, {module}; heavy = sorted(m for m in ('torch', 'whisper') if m in sys.modules); "

@@ -35,6 +35,9 @@ class TranscribeOptions:
     prompt: str | None = None  # names and terms the speaker uses (whisper's initial prompt)
     word_timestamps: bool = False
     temperature: float = 0.0  # the first; whisper falls back to hotter ones from here
+    beam_size: int | None = None  # None: the server's ASR_BEAM_SIZE
+    # False (a live hypothesis): one temperature, and a window that fails whisper's checks gives no text.
+    fallback: bool = True
 
 
 @dataclass(frozen=True)

@@ -143,15 +143,18 @@ class Scheduler:
         return len(self._waiting) + self._gating
 
     async def submit(self, samples: np.ndarray, options: TranscribeOptions,
-                     listener: Callable[[list[Segment]], None] | None = None) -> Transcription:
-        """The transcription; ``listener`` (optional) hears each window's final segments first."""
+                     listener: Callable[[list[Segment]], None] | None = None,
+                     speech: Speech = UNCHECKED) -> Transcription:
+        """The transcription; ``listener`` (optional) hears each window's final segments first.
+        ``speech``: where the caller already knows the speech is (a live stream's own VAD), so the
+        gate does not run again."""
         if not self.ready:
             raise Overloaded("the model is still loading; try again shortly")
         if not self.alive or self._stopping:
             raise InternalError("the inference worker is not running")
         loop = asyncio.get_running_loop()
-        job = _Job(samples, options, loop, loop.create_future(), listener=listener)
-        if isinstance(self.engine, GatedTranscriber):
+        job = _Job(samples, options, loop, loop.create_future(), listener=listener, speech=speech)
+        if isinstance(self.engine, GatedTranscriber) and not speech.checked:
             self._refuse_if_full()  # before the gate's work, not only after it
             self._gating += 1
             cancelled = threading.Event()

@@ -74,7 +74,9 @@ class RequestWindows:
         self.window: torch.Tensor | None = None  # the current window's mel (n_mels, N_FRAMES)
         self.segment_size = 0
         self.temperature_index = 0
-        self.temperatures = temperature_schedule(options.temperature)
+        self.temperatures = temperature_schedule(options.temperature) if options.fallback \
+            else (options.temperature,)
+        self.rejected = False  # the window failed whisper's checks with no fallback left to try
         self.reported = 0  # segments already handed to the request's listener (streaming)
         self.speech_regions: Sequence[SpeechRegion] | None = None  # the VAD's (None: no VAD)
         self.decisions: list[tuple[int, float, bool]] = []  # per window: seek, temperature, skipped
@@ -105,6 +107,7 @@ class RequestWindows:
         self.segment_size = min(WINDOW_FRAMES, self.content_frames - self.seek)
         self.window = pad_or_trim(self.mel[:, self.seek: self.seek + self.segment_size], WINDOW_FRAMES)
         self.temperature_index = 0
+        self.rejected = False
         return self.window
 
     def set_tokenizer(self, tokenizer: Tokenizer) -> None:
@@ -136,6 +139,8 @@ class RequestWindows:
         if needs_fallback and self.temperature_index + 1 < len(self.temperatures):
             self.temperature_index += 1
             return True
+        # Without fallbacks (a live hypothesis), a window that fails is judged a hallucination: no text.
+        self.rejected = needs_fallback and not self.options.fallback
         return False
 
     def is_silent(self, result: WindowResult) -> bool:
@@ -145,7 +150,7 @@ class RequestWindows:
         """The window's final result: its segments, and the seek moved on, as transcribe() does."""
         assert self.tokenizer is not None and self.window is not None
         self.decisions.append((self.seek, result.temperature, self.is_silent(result)))
-        if self.is_silent(result):
+        if self.is_silent(result) or self.rejected:
             self.seek += self.segment_size  # fast-forward to the next window
             return
         tokenizer, tokens = self.tokenizer, list(result.tokens)

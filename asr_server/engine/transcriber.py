@@ -187,7 +187,9 @@ class Engine:
             log.debug("VAD found no speech in %.1f s: the model is not run", len(samples) / 16_000)
             return Transcription(text="", segments=(), language=options.language or "")
         mel = mel_of(torch.from_numpy(samples).to(self.device), self.model.dims.n_mels)
-        windows = RequestWindows(mel, options, self.loop.beam_size, self.model.dims.n_text_ctx)
+        beam = self.loop.beam_size if options.beam_size is None else options.beam_size
+        windows = RequestWindows(mel, options, beam if beam and beam > 1 else None,
+                                 self.model.dims.n_text_ctx)
         windows.speech_regions = regions
         return windows
 

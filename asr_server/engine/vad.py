@@ -81,6 +81,42 @@ class SpeechDetector:
         return [SpeechRegion(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
 
 
+class StreamingVad:
+    """silero's streaming model for one live stream: a probability per 32 ms frame, its state kept.
+
+    Sessions share one loaded model (``load``) and each keeps its own state in a
+    shallow copy (silero replaces its state tensors, it never writes into them).
+    Not thread-safe: one stream's frames go through one thread at a time.
+    """
+
+    FRAME = 512
+
+    def __init__(self, model: Any) -> None:
+        self._model = copy.copy(model)
+        self._model.reset_states()
+        self._pending = np.zeros(0, np.float32)
+
+    @staticmethod
+    def load() -> Any:
+        import torch
+
+        threads = torch.get_num_threads()
+        from silero_vad import load_silero_vad
+
+        torch.set_num_threads(threads)  # importing silero_vad sets it to 1
+        return load_silero_vad(onnx=True)
+
+    def probabilities(self, samples: np.ndarray) -> list[float]:
+        """One probability for each whole frame completed by ``samples`` (16 kHz float32)."""
+        import torch
+
+        audio = np.concatenate([self._pending, samples]) if len(self._pending) else samples
+        whole = len(audio) // self.FRAME * self.FRAME
+        self._pending = audio[whole:].copy()
+        return [float(self._model(torch.from_numpy(audio[i:i + self.FRAME].copy()), SAMPLE_RATE))
+                for i in range(0, whole, self.FRAME)]
+
+
 class _CancellableSession:
     """An onnxruntime session that refuses the next run once its event is set."""
 

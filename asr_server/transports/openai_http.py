@@ -40,6 +40,7 @@ from asr_server.contract.errors import (
 from asr_server.contract.openai_formats import error_body, parse_form
 from asr_server.service import CLIENT_GONE, AsrService, RequestRecord
 from asr_server.transports.openai_upload import FORM_OVERHEAD_BYTES, MAX_FIELD_BYTES, read_form
+from asr_server.transports.realtime import RealtimeEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class HttpApi:
             web.get("/v1/models", self.models),
             web.get("/v1/models/{model}", self.model),
             web.get("/health", self.health),
+            RealtimeEndpoint(service).route(),
         ])
         self.runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None

@@ -7,6 +7,9 @@ inline ``<style>`` and one inline ``<script>`` are allowed by their SHA-256
 in the Content-Security-Policy, computed here from the file, so the policy
 cannot go stale when the page is edited and nothing else inline can run.
 One file and one route keep a reverse proxy's configuration to ``location = /``.
+Its Live mode talks to ``/v1/realtime`` on the HTTP port: behind a proxy the
+same origin, served directly the HTTP port of the same host, which the policy
+then names (from the request's Host, when it is a plain host name or address).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from websockets.http11 import Response
 
 PAGE_PATHS = ("/", "/index.html")
 _INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.S)
+# A Host header's name as the policy may quote it (a DNS name, IPv4, IPv6 in brackets); else no Live origin.
+_HOST = re.compile(r"(?P<name>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -31,14 +36,24 @@ class Page:
     html: str
     content_security_policy: str
 
-    def respond(self, connection: ServerConnection) -> Response:
-        response = connection.respond(200, self.html)
+    def respond(self, connection: ServerConnection, live_port: int | None = None) -> Response:
+        """The page; with ``live_port`` (the HTTP port, where ``/v1/realtime`` is), its Live mode may
+        connect there: the page is told the two ports, and the policy allows that one origin."""
+        html, policy = self.html, self.content_security_policy
+        host = _HOST.fullmatch(connection.request.headers.get("Host", "") if connection.request else "")
+        if live_port and host:
+            page_port = connection.local_address[1] if connection.local_address else ""
+            html = html.replace('<html lang="en">', f'<html lang="en" data-live-port="{live_port}" '
+                                f'data-page-port="{page_port}">', 1)
+            origin = f"{host['name']}:{live_port}"
+            policy = policy.replace("connect-src 'self'", f"connect-src 'self' ws://{origin} wss://{origin}")
+        response = connection.respond(200, html)
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "text/html; charset=utf-8"
         # Installed upgrades change the page: a browser must ask again, not show last week's copy.
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Content-Security-Policy"] = self.content_security_policy
+        response.headers["Content-Security-Policy"] = policy
         response.headers["Referrer-Policy"] = "no-referrer"
         # The page asks for the microphone, and nothing else may.
         response.headers["Permissions-Policy"] = "microphone=(self), camera=(), geolocation=()"

@@ -57,6 +57,7 @@ class WebSocketTransport:
         self.service = service
         self.config = service.config
         self.page = load_page()
+        self.live_port: int | None = None  # the HTTP port, once it listens: the page's Live mode
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
@@ -69,7 +70,7 @@ class WebSocketTransport:
             response.headers["Content-Type"] = "application/json"
             return response
         if path in PAGE_PATHS:
-            return self.page.respond(connection)
+            return self.page.respond(connection, self.live_port)
         return connection.respond(404, "not found\n")
 
     def listen(self) -> Any:

@@ -13,11 +13,13 @@ import io
 import json
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from asr_client.api import DEFAULT_SERVER, Result, transcribe
 from asr_client.errors import AsrClientError, exit_code_table
+from asr_client.live import DEFAULT_LIVE_SERVER, file_chunks, live, microphone_chunks
 from asr_client.machine_id import machine_id
 from asr_client.progress import Progress
 from asr_client.subtitles import srt, vtt
@@ -114,11 +116,50 @@ def _run_files(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return status
 
 
+def _run_live(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="asr-client live",
+        description="Dictate live: stream a file at real-time pace (or the microphone) to the server's "
+                    "/v1/realtime and print the text as each part of it becomes final.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", nargs="?", metavar="FILE", help="an audio file, streamed as if spoken")
+    source.add_argument("--mic", action="store_true", help="the default microphone until Ctrl-C "
+                        "(needs asr-client[mic])")
+    p.add_argument("--server", default=os.environ.get("ASR_LIVE_SERVER", DEFAULT_LIVE_SERVER),
+                   help="ws://host:port of the server's HTTP port, or wss://host behind its proxy "
+                        "(env ASR_LIVE_SERVER; default %(default)s)")
+    p.add_argument("--key", default=None, help="API key (default: env ASR_API_KEY)")
+    p.add_argument("--language", default=None, help="ISO 639-1 code such as bg or en (default: detect)")
+    p.add_argument("--prompt", default=None, help="names and terms the speaker uses")
+    p.add_argument("--pace", type=float, default=1.0, help="times real time for a file (default 1)")
+    args = p.parse_args(argv)
+    key = args.key if args.key is not None else os.environ.get("ASR_API_KEY") or None
+    stop = threading.Event()
+    chunks = microphone_chunks(stop) if args.mic else file_chunks(args.file, args.pace)
+
+    def shown(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    try:
+        live(chunks, server=args.server, key=key, language=args.language, prompt=args.prompt, on_text=shown,
+             on_item=lambda item: shown("\n"), machine_id=machine_id())
+    except AsrClientError as exc:
+        print(f"asr-client: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        stop.set()
+        return 130
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if isinstance(sys.stdout, io.TextIOWrapper):
         # Transcripts are any script: a pipe on Windows would otherwise be cp1252 and fail on Cyrillic.
         sys.stdout.reconfigure(encoding="utf-8")
+    if argv[:1] == ["live"]:
+        return _run_live(argv[1:])
     if argv[:1] == ["machine-id"]:
         argparse.ArgumentParser(prog="asr-client machine-id",
                                 description="Print this machine's id (the spec's SHA256 fingerprint)."

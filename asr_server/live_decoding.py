@@ -1,0 +1,154 @@
+"""What a live item's decodes do: each decode of its buffer handed to the scheduler, and its result
+turned into OpenAI's events.
+
+``LiveDecoding`` is the half of ``LiveSession`` (``live_session.py``) that
+the session's one decoding task runs: a decode of an item's unconfirmed audio
+(with the VAD's regions as its speech, the committed text before it as its
+prompt, and whisper's fallback only at the end of the turn); a hypothesis
+moves LocalAgreement-2 on (``delta`` for what two in a row agree on, the
+extension's ``tentative`` for the rest) and cuts the buffer; the turn's last
+decode completes the item, which is logged and counted like a request. A
+hypothesis decoded without fallback that fails whisper's checks has no words
+(a hallucination is never a delta nor a prompt): the turn's end is then
+decoded again, with fallback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asr_server.config import Config
+from asr_server.contract import realtime_events as events
+from asr_server.contract.domain import TranscribeOptions, Transcription
+from asr_server.contract.errors import AsrError
+from asr_server.engine.job import Speech
+from asr_server.engine.live_agreement import Hypothesis, LiveItem, hypothesis_of, repetitive, spell
+from asr_server.engine.live_audio import Tape
+from asr_server.engine.live_turns import SAMPLE_RATE
+from asr_server.service import AsrService, RequestRecord
+
+PAUSE_S = 0.15  # a pause this long starts a decode at once: likely the turn's last
+REGION_PAD_S = 0.2  # the speech regions handed to the engine, widened as the file gate's are
+PROMPT_CHARS = 200
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class LiveDecoding:
+    """A live session's decodes and their events (the state is the session's)."""
+
+    service: AsrService
+    config: Config
+    settings: events.SessionSettings
+    send: Send
+    machine_id: str
+    tape: Tape
+    items: deque[LiveItem]
+    context: list[tuple[str, str]]  # completed items' language and text, for the prompt
+    _shown: tuple[str, str] | None  # the last tentative event's item and text
+
+    def _forget(self) -> None:
+        keep = min([i.buffer_start for i in self.items] + [self.tape.end - self._padding() - SAMPLE_RATE])
+        self.tape.forget_before(keep)
+
+    def _padding(self) -> int:
+        vad = self.settings.turn_detection
+        return (vad.prefix_padding_ms if vad else 0) * SAMPLE_RATE // 1000
+
+    def _prompt(self, item: LiveItem) -> str | None:
+        """The user's prompt, then the committed text before the buffer: earlier items' only in the
+        item's language (another language's text would pull whisper towards translating)."""
+        before = " ".join(text for language, text in self.context if language == item.language)
+        text = f"{before} {spell(item.words[:len(item.words) - len(item.agreement.in_buffer)], True)}"
+        text = text.strip()[-PROMPT_CHARS:].strip()
+        if self.settings.prompt:
+            text = f"{self.settings.prompt} {text}".strip()
+        return text or None
+
+    async def _decode(self, item: LiveItem) -> None:
+        if item.last is not None and item.last[0].words and \
+                item.heard_all(item.last[1], item.last[2], PAUSE_S * SAMPLE_RATE):
+            await self._complete(item, item.last[0], item.last[3])  # the pause's decode was the last
+            return
+        final = item.end is not None
+        start, end = item.buffer_start, (item.end if item.end is not None else self.tape.end)
+        item.decoded_to = end
+        regions = self.tape.regions(start, end, int(REGION_PAD_S * SAMPLE_RATE))
+        if not regions:
+            result = Transcription("", (), item.language or "")
+        else:
+            options = TranscribeOptions(item.language, "transcribe", self._prompt(item),
+                                        beam_size=self.config.live_beam_size or None,
+                                        fallback=item.end is not None)
+            result = await self.service.transcribe(self.tape.slice(start, end), options,
+                                                   speech=Speech(checked=True, regions=regions))
+        hypothesis = hypothesis_of(result.segments)
+        # A hypothesis (no fallback) with no words may have been judged a hallucination: the end of
+        # the turn is decoded again, with whisper's fallback.
+        if final or (hypothesis.words and item.heard_all(start, end, PAUSE_S * SAMPLE_RATE)):
+            await self._complete(item, hypothesis, result.language)
+            return
+        item.last = (hypothesis, start, end, result.language)
+        await self._hypothesis(item, hypothesis, result, (end - start) / SAMPLE_RATE)
+
+    async def _hypothesis(self, item: LiveItem, hypothesis: Hypothesis, result: Transcription,
+                          buffer_s: float) -> None:
+        new = item.agreement.update(hypothesis)
+        if item.language is None and buffer_s >= 2.0 and result.language:
+            item.language = result.language  # later decodes of the item keep to it
+        cut = item.agreement.cut(hypothesis, buffer_s)
+        if not cut:
+            forced, cut = item.agreement.force(hypothesis, buffer_s)
+            new += forced
+        if new:
+            await self._delta(item, new, hypothesis)
+        if cut:
+            item.buffer_start += int(cut * SAMPLE_RATE)
+        shown = (item.id, spell(item.agreement.tentative, not item.words))
+        if shown != self._shown:
+            self._shown = shown
+            await self.send(events.tentative(*shown))
+
+    async def _delta(self, item: LiveItem, new: list[str], hypothesis: Hypothesis) -> None:
+        text = spell(new, not item.words)
+        item.words.extend(new)
+        item.deltas.append(text)
+        await self.send(events.delta(item.id, text))
+        through = len(hypothesis.words) - len(item.agreement.tentative)
+        ends = [end for words, end in hypothesis.segment_ends if words >= through]
+        if ends:
+            heard = item.buffer_start + int(ends[0] * SAMPLE_RATE)
+            lag = time.monotonic() - self.tape.arrived(heard)
+            self.service.metrics.live_commit_lag.observe(max(0.0, lag))
+
+    async def _complete(self, item: LiveItem, hypothesis: Hypothesis, language: str) -> None:
+        rest = item.agreement.finish(hypothesis)
+        if rest:
+            await self._delta(item, rest, hypothesis)
+        transcript = "".join(item.deltas)
+        assert item.end is not None
+        audio_s = (item.end - item.start) / SAMPLE_RATE
+        await self.send(events.completed(item.id, transcript, audio_s, language or item.language or ""))
+        self.items.remove(item)
+        if transcript and not repetitive(transcript):
+            self.context = [*self.context[-8:], (language or item.language or "", transcript)]
+        latency = max(0.0, time.monotonic() - item.ended_at)
+        self.service.metrics.live_final_latency.observe(latency)
+        self._record(item, "ok", audio_s, language)
+        self._forget()
+
+    async def _fail(self, item: LiveItem, error: AsrError) -> None:
+        if item in self.items:
+            self.items.remove(item)
+        await self.send(events.failed(item.id, error.code, str(error)))
+        end = item.end if item.end is not None else self.tape.end
+        self._record(item, error.code, (end - item.start) / SAMPLE_RATE, item.language or "-")
+        self._forget()
+
+    def _record(self, item: LiveItem, status: str, audio_s: float, language: str) -> None:
+        record = RequestRecord(kind="live", authenticated=True, machine_id=self.machine_id,
+                               task="transcribe", language=language or "-", audio_s=audio_s, status=status)
+        record.started = record.audio_arrived = item.ended_at or time.monotonic()
+        self.service.record(record)
