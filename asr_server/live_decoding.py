@@ -15,6 +15,7 @@ decoded again, with fallback.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,8 @@ from asr_server.engine.live_agreement import Hypothesis, LiveItem, hypothesis_of
 from asr_server.engine.live_audio import Tape
 from asr_server.engine.live_turns import SAMPLE_RATE
 from asr_server.service import AsrService, RequestRecord
+
+log = logging.getLogger(__name__)
 
 PAUSE_S = 0.15  # a pause this long starts a decode at once: likely the turn's last
 REGION_PAD_S = 0.2  # the speech regions handed to the engine, widened as the file gate's are
@@ -48,6 +51,7 @@ class LiveDecoding:
     items: deque[LiveItem]
     context: list[tuple[str, str]]  # completed items' language and text, for the prompt
     _shown: tuple[str, str] | None  # the last tentative event's item and text
+    spoken: tuple[str, int] | None  # the language detected in the last completed item, and its end
 
     def _forget(self) -> None:
         keep = min([i.buffer_start for i in self.items] + [self.tape.end - self._padding() - SAMPLE_RATE])
@@ -102,6 +106,8 @@ class LiveDecoding:
         if not cut:
             forced, cut = item.agreement.force(hypothesis, buffer_s)
             new += forced
+        log.debug("live item %s: %.1f s heard %r; committed %r, cut %.2f s", item.id, buffer_s,
+                  " ".join(hypothesis.words), " ".join(new), cut)
         if new:
             await self._delta(item, new, hypothesis)
         if cut:
@@ -134,6 +140,8 @@ class LiveDecoding:
         self.items.remove(item)
         if transcript and not repetitive(transcript):
             self.context = [*self.context[-8:], (language or item.language or "", transcript)]
+            if language:
+                self.spoken = (language, item.end)
         latency = max(0.0, time.monotonic() - item.ended_at)
         self.service.metrics.live_final_latency.observe(latency)
         self._record(item, "ok", audio_s, language)

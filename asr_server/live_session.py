@@ -40,6 +40,10 @@ from asr_server.service import AsrService
 log = logging.getLogger(__name__)
 
 STEP_S = 0.5  # new audio between two decodes of an open item (one decode takes about as long here)
+# A hypothesis that stops short of a pause this long is cancelled: shorter pauses come and go
+# inside a sentence (and the hypothesis is worth its words), longer ones mostly end the turn.
+CANCEL_AT_PAUSE_S = 0.3
+KEEP_LANGUAGE_S = 1.5  # an item this soon after the last keeps its detected language
 FIRST_DECODE_S = 1.0  # an item's first decode, but at a pause: less audio rarely holds a whole word
 MIN_COMMIT_S = 0.1  # OpenAI refuses a commit of less than 100 ms of audio
 
@@ -54,6 +58,7 @@ class LiveSession(LiveDecoding):
         self.items: deque[LiveItem] = deque()  # not yet completed, oldest first; the last may be open
         self.context: list[tuple[str, str]] = []  # completed items' language and text, for the prompt
         self.previous_item: str | None = None
+        self.spoken: tuple[str, int] | None = None
         self._frames = 0  # VAD frames judged so far: frame n ends at sample n * FRAME
         self._shown: tuple[str, str] | None = None  # the last tentative event's item and text
         self._wake = asyncio.Event()
@@ -101,7 +106,7 @@ class LiveSession(LiveDecoding):
             running, item, final = self._running
             # The turn may be over: a hypothesis that stops short of the pause is stale, and waiting
             # for it would hold up the decode that hears the turn's end.
-            if not running.done() and not final and self._pause_unheard(item.decoded_to):
+            if not running.done() and not final and self._pause_unheard(item.decoded_to, CANCEL_AT_PAUSE_S):
                 running.cancel()
         self._wake.set()
 
@@ -109,8 +114,11 @@ class LiveSession(LiveDecoding):
         return self.items[-1] if self.items and self.items[-1].end is None else None
 
     async def _open(self, start: int, announce: bool = True) -> None:
-        item = LiveItem(events.new_id("item"), start, start, Agreement(), decoded_to=start,
-                        language=self.settings.language)
+        language = self.settings.language
+        recent = self.spoken is not None and start - self.spoken[1] < KEEP_LANGUAGE_S * SAMPLE_RATE
+        if language is None and recent and self.spoken is not None:
+            language = self.spoken[0]  # a short pause in a sentence: detection on a short item errs more
+        item = LiveItem(events.new_id("item"), start, start, Agreement(), decoded_to=start, language=language)
         self.items.append(item)
         if announce:
             await self.send(events.event("input_audio_buffer.speech_started", item_id=item.id,
@@ -205,7 +213,8 @@ class LiveSession(LiveDecoding):
             return False  # too little to hold a word: the first decode waits for a second of audio
         return self.tape.end - item.decoded_to >= STEP_S * SAMPLE_RATE
 
-    def _pause_unheard(self, decoded_to: int) -> bool:
-        """A pause has lasted ``PAUSE_S`` and no decode has heard that much of it yet."""
+    def _pause_unheard(self, decoded_to: int, lasted_s: float = PAUSE_S) -> bool:
+        """A pause has lasted ``lasted_s`` and no decode has heard ``PAUSE_S`` of it yet."""
         pause = self.turns.pause_since
-        return pause is not None and decoded_to < pause + PAUSE_S * SAMPLE_RATE <= self.tape.end
+        return (pause is not None and decoded_to < pause + PAUSE_S * SAMPLE_RATE
+                and pause + lasted_s * SAMPLE_RATE <= self.tape.end)

@@ -242,6 +242,39 @@ def main() -> None:
                           "items": len(finals), "words": len(lags)}
     print(json.dumps(results["summary"]), flush=True)
     args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    print(markdown(results))
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The figures as docs/live.md's tables."""
+    summary, file = results["summary"], results["file"]
+    rows = [
+        "| figure | goal | measured |", "|---|---|---|",
+        f"| end of speech to `completed`, p50 | ≤ 1.0 s | {summary['final_p50']:.2f} s |",
+        f"| end of speech to `completed`, p95 | ≤ 1.5 s | {summary['final_p95']:.2f} s |",
+        f"| commit lag (a word's audio end to its delta), p50 | ≤ 2.0 s | {summary['lag_p50']:.2f} s "
+        f"(p95 {summary['lag_p95']:.2f} s) |",
+        f"| first delta after speech starts, p50 | ≤ 2.0 s | {summary['first_p50']:.2f} s "
+        f"(p95 {summary['first_p95']:.2f} s) |",
+    ]
+    for source in results["sources"]:
+        gap = source["live_wer"] - source["offline_wer"]
+        rows.append(f"| WER of `completed`, {source['name']} ({source['audio_s']:.0f} s, "
+                    f"{source['items']} items) "
+                    f"| ≤ +1.5 points over offline | {source['live_wer']:.1f} vs offline "
+                    f"{source['offline_wer']:.1f}: {gap:+.1f} (live against offline text: "
+                    f"{source['against_offline']:.1f}) |")
+    one = results["streams"].get("1") or results["streams"].get(1)
+    held = [n for n, s in results["streams"].items() if one and s["lag_p50"] <= 2 * one["lag_p50"]]
+    most = max(map(int, held))
+    rows.append(f"| streams held at real time before commit lag doubles | measured | {most} |")
+    alone, beside = statistics.median(file["alone"]), statistics.median(file["beside_live"])
+    rows.append(f"| a {file['audio_s']:.0f} s file request, alone / beside one live stream, p50 | measured | "
+                f"{alone:.2f} s / {beside:.2f} s |")
+    rows += ["", "| live streams at once | commit lag p50 | p95 | error events |", "|---|---|---|---|"]
+    rows += [f"| {n} | {s['lag_p50']:.2f} s | {s['lag_p95']:.2f} s | {s['errors']} |"
+             for n, s in results["streams"].items()]
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,11 @@ def test_commits_only_what_two_hypotheses_in_a_row_agree_on() -> None:
     assert agreement.update(hyp(("So my fellow Americans,", 2.0))) == ["So", "my", "fellow"]
     assert agreement.tentative == ("Americans,",)
     # The model changes its mind about the tail: nothing new is committed, the tail is replaced.
-    assert agreement.update(hyp(("So my fellow Americans. Ask", 2.5))) == []
-    assert agreement.update(hyp(("So my fellow Americans. Ask not", 3.0))) == ["Americans.", "Ask"]
-    assert agreement.finish(hyp(("So my fellow Americans. Ask not what.", 3.5))) == ["not", "what."]
-    assert agreement.in_buffer == "So my fellow Americans. Ask not what.".split()
+    assert agreement.update(hyp(("So my fellow Americans. Tell", 2.5))) == ["Americans."]  # case, stops
+    assert agreement.update(hyp(("So my fellow Americans. Ask not", 3.0))) == []
+    assert agreement.update(hyp(("so my fellow americans. ask not what", 3.0))) == ["ask", "not"]
+    assert agreement.finish(hyp(("So my fellow Americans. Ask not what.", 3.5))) == ["what."]
+    assert agreement.in_buffer == "So my fellow Americans. ask not what.".split()
 
 
 def test_committed_words_are_found_again_when_the_model_respells_them() -> None:

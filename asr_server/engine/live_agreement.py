@@ -76,7 +76,8 @@ class Agreement:
         self._seen = False
 
     def update(self, hypothesis: Hypothesis) -> list[str]:
-        """The newly committed words (LocalAgreement-2); the rest becomes ``tentative``."""
+        """The newly committed words (LocalAgreement-2), spelled as the newer hypothesis has them;
+        the rest becomes ``tentative``."""
         start = self._past_committed(hypothesis.words)
         tail = hypothesis.words[start:]
         if not self._seen:
@@ -84,7 +85,9 @@ class Agreement:
             return []
         agreed = 0
         for previous, current in zip(self.tentative, tail, strict=False):
-            if previous != current:
+            # Agreement on the words, not their case or punctuation: whisper capitalises a
+            # sentence's first word or not, and ends a buffer's last word with a period, by turns.
+            if _fold(previous) != _fold(current):
                 break
             agreed += 1
         new = list(tail[:agreed])

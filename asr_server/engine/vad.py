@@ -90,11 +90,17 @@ class StreamingVad:
     """
 
     FRAME = 512
+    # silero's state carries a loud voice's level on: a much quieter one after a pause reads as
+    # silence for seconds (measured: a FLEURS clip at -63 dBFS after a LibriSpeech one, 6 s of it
+    # unheard). After this many frames of silence the state starts afresh, as for a new stream.
+    RESET_AFTER_QUIET = 31  # about 1 s
+    QUIET = 0.15
 
     def __init__(self, model: Any) -> None:
         self._model = copy.copy(model)
         self._model.reset_states()
         self._pending = np.zeros(0, np.float32)
+        self._quiet = 0
 
     @staticmethod
     def load() -> Any:
@@ -113,8 +119,15 @@ class StreamingVad:
         audio = np.concatenate([self._pending, samples]) if len(self._pending) else samples
         whole = len(audio) // self.FRAME * self.FRAME
         self._pending = audio[whole:].copy()
-        return [float(self._model(torch.from_numpy(audio[i:i + self.FRAME].copy()), SAMPLE_RATE))
-                for i in range(0, whole, self.FRAME)]
+        found = []
+        for i in range(0, whole, self.FRAME):
+            probability = float(self._model(torch.from_numpy(audio[i:i + self.FRAME].copy()), SAMPLE_RATE))
+            self._quiet = self._quiet + 1 if probability < self.QUIET else 0
+            if self._quiet >= self.RESET_AFTER_QUIET:
+                self._model.reset_states()
+                self._quiet = 0
+            found.append(probability)
+        return found
 
 
 class _CancellableSession:
