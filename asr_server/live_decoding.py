@@ -51,7 +51,7 @@ class LiveDecoding:
     items: deque[LiveItem]
     context: list[tuple[str, str]]  # completed items' language and text, for the prompt
     _shown: tuple[str, str] | None  # the last tentative event's item and text
-    spoken: tuple[str, int] | None  # the language detected in the last completed item, and its end
+    spoken: tuple[str, int] | None  # the language detected in the last completed item, its speech's end
 
     def _forget(self) -> None:
         keep = min([i.buffer_start for i in self.items] + [self.tape.end - self._padding() - SAMPLE_RATE])
@@ -79,6 +79,8 @@ class LiveDecoding:
         final = item.end is not None
         start, end = item.buffer_start, (item.end if item.end is not None else self.tape.end)
         item.decoded_to = end
+        item.started += 1
+        order = item.started
         regions = self.tape.regions(start, end, int(REGION_PAD_S * SAMPLE_RATE))
         if not regions:
             result = Transcription("", (), item.language or "")
@@ -89,6 +91,9 @@ class LiveDecoding:
             result = await self.service.transcribe(self.tape.slice(start, end), options,
                                                    speech=Speech(checked=True, regions=regions))
         hypothesis = hypothesis_of(result.segments)
+        if order < item.applied or item not in self.items:
+            return  # a later decode (a pause's, beside this one) is in already, or the item is done
+        item.applied = order
         # A hypothesis (no fallback) with no words may have been judged a hallucination: the end of
         # the turn is decoded again, with whisper's fallback.
         if final or (hypothesis.words and item.heard_all(start, end, PAUSE_S * SAMPLE_RATE)):
@@ -106,8 +111,8 @@ class LiveDecoding:
         if not cut:
             forced, cut = item.agreement.force(hypothesis, buffer_s)
             new += forced
-        log.debug("live item %s: %.1f s heard %r; committed %r, cut %.2f s", item.id, buffer_s,
-                  " ".join(hypothesis.words), " ".join(new), cut)
+        log.debug("live item %s: %.1f s heard, %d words committed, %.2f s cut", item.id, buffer_s,
+                  len(new), cut)
         if new:
             await self._delta(item, new, hypothesis)
         if cut:
@@ -141,7 +146,7 @@ class LiveDecoding:
         if transcript and not repetitive(transcript):
             self.context = [*self.context[-8:], (language or item.language or "", transcript)]
             if language:
-                self.spoken = (language, item.end)
+                self.spoken = (language, item.speech_end or item.end)
         latency = max(0.0, time.monotonic() - item.ended_at)
         self.service.metrics.live_final_latency.observe(latency)
         self._record(item, "ok", audio_s, language)

@@ -7,9 +7,9 @@ is one turn of speech (server VAD), or the audio between commits.
 
 While an item is open, its unconfirmed audio (the buffer) is decoded again
 after each ``STEP_S`` of new audio, and once more as soon as a pause starts
-(a hypothesis still running that stops short of the pause is cancelled, so
-the decode that hears the turn's end starts at once, and is usually done
-when the turn is declared over). Each decode is one more request to the
+(beside a hypothesis still running that stops short of the pause, so the
+decode that hears the turn's end is usually done when the turn is declared
+over; whichever of two finishes first, the older result is dropped). Each decode is one more request to the
 scheduler, in the same queue and decoding loop as file requests
 (``live_decoding.py`` turns its result into events: LocalAgreement-2's
 deltas, the tentative tail, the completed item).
@@ -40,10 +40,7 @@ from asr_server.service import AsrService
 log = logging.getLogger(__name__)
 
 STEP_S = 0.5  # new audio between two decodes of an open item (one decode takes about as long here)
-# A hypothesis that stops short of a pause this long is cancelled: shorter pauses come and go
-# inside a sentence (and the hypothesis is worth its words), longer ones mostly end the turn.
-CANCEL_AT_PAUSE_S = 0.3
-KEEP_LANGUAGE_S = 1.5  # an item this soon after the last keeps its detected language
+KEEP_LANGUAGE_S = 1.0  # an item this soon after the last one's speech keeps its detected language
 FIRST_DECODE_S = 1.0  # an item's first decode, but at a pause: less audio rarely holds a whole word
 MIN_COMMIT_S = 0.1  # OpenAI refuses a commit of less than 100 ms of audio
 
@@ -64,6 +61,7 @@ class LiveSession(LiveDecoding):
         self._wake = asyncio.Event()
         # The decode under way, its item, and whether it is the item's final one.
         self._running: tuple[asyncio.Future[None], LiveItem, bool] | None = None
+        self._pauses: dict[str, asyncio.Future[None]] = {}  # an item's decode at a pause, beside the worker's
         self._worker = asyncio.create_task(self._work())
 
     def _detector(self) -> TurnDetector:
@@ -76,6 +74,8 @@ class LiveSession(LiveDecoding):
             self.turns = self._detector()
 
     async def close(self) -> None:
+        for pause in list(self._pauses.values()):
+            pause.cancel()
         self._worker.cancel()
         try:
             await self._worker
@@ -102,13 +102,21 @@ class LiveSession(LiveDecoding):
                 await self._end_turn(turn.at, turn.speech_end)
         await self._check_backlog()
         self._forget()
-        if self._running is not None:
-            running, item, final = self._running
-            # The turn may be over: a hypothesis that stops short of the pause is stale, and waiting
-            # for it would hold up the decode that hears the turn's end.
-            if not running.done() and not final and self._pause_unheard(item.decoded_to, CANCEL_AT_PAUSE_S):
-                running.cancel()
+        item = self._open_item()
+        if item is not None and item.id not in self._pauses and self._pause_unheard(item.decoded_to) \
+                and self._running is not None and self._running[1] is item and not self._running[0].done():
+            # The turn may be over, and the decode under way stops short of it: the decode that hears
+            # its end starts now, beside it (the loop batches the two), rather than after it.
+            self._pauses[item.id] = asyncio.ensure_future(self._beside(item))
         self._wake.set()
+
+    async def _beside(self, item: LiveItem) -> None:
+        try:
+            await self._decode(item)
+        except Exception:  # the worker decodes the turn's end again if it must
+            log.debug("a pause's decode failed", exc_info=True)
+        finally:
+            del self._pauses[item.id]
 
     def _open_item(self) -> LiveItem | None:
         return self.items[-1] if self.items and self.items[-1].end is None else None
@@ -156,6 +164,10 @@ class LiveSession(LiveDecoding):
         await self.send(events.event("input_audio_buffer.cleared"))
 
     async def _check_backlog(self) -> None:
+        held_s = (self.tape.end - self.tape.start) / SAMPLE_RATE
+        if held_s > 2 * self.config.live_max_buffer_s:  # ended items wait too: audio sent too fast
+            raise Overloaded(f"the server holds {held_s:.0f} s of this stream not yet transcribed, twice "
+                             "LIVE_MAX_BUFFER_S: the session ends (send audio no faster than real time)")
         item = self._open_item()
         if item is None or self.tape.end - item.buffer_start <= self.config.live_max_buffer_s * SAMPLE_RATE:
             return
@@ -185,6 +197,10 @@ class LiveSession(LiveDecoding):
                 item = self.items[0]
                 if item.end is None and not self._due(item):
                     break
+                if item.end is not None and item.id in self._pauses:
+                    await asyncio.wait({self._pauses[item.id]})  # it may have heard the whole turn
+                    if item not in self.items:
+                        continue
                 running = asyncio.ensure_future(self._decode(item))
                 self._running = (running, item, item.end is not None)
                 try:
@@ -192,8 +208,6 @@ class LiveSession(LiveDecoding):
                 except asyncio.CancelledError:  # the session ends
                     running.cancel()
                     raise
-                if running.cancelled():
-                    continue  # a pause began: this decode heard too little of it (audio())
                 try:
                     running.result()
                 except AsrError as error:

@@ -161,3 +161,28 @@ def test_bad_events_are_named(event: object, code: str, param: str | None) -> No
     assert body["type"] == "error" and body["error"]["code"] == code and body["error"]["message"]
     if isinstance(event, dict) and "event_id" in event:
         assert body["error"]["event_id"] == event["event_id"]
+
+
+# --- the session's tape ------------------------------------------------------------------------
+
+
+def test_the_tape_keeps_recent_audio_its_arrival_and_its_speech() -> None:
+    import numpy as np
+
+    from asr_server.engine.live_audio import Tape
+    from asr_server.engine.vad import SpeechRegion
+
+    tape = Tape()
+    for value in range(4):
+        tape.append(np.full(16_000, value, np.float32))  # four seconds, one per append
+    tape.heard_speech(16_000, 20_000)
+    tape.heard_speech(20_000, 24_000)  # joins the region before
+    tape.heard_speech(40_000, 44_000)
+    assert tape.regions(16_000, 48_000, pad=0) == [SpeechRegion(0.0, 0.5), SpeechRegion(1.5, 1.75)]
+    assert tape.regions(0, 32_000, pad=1600)[0] == SpeechRegion(0.9, 1.6)  # widened, in the slice's seconds
+    assert list(tape.slice(15_999, 16_001)) == [0.0, 1.0]
+    assert tape.arrived(16_000) <= tape.arrived(16_001)
+    tape.forget_before(32_000)
+    assert tape.start == 32_000 and tape.end == 64_000
+    assert list(tape.slice(31_000, 32_001)) == [2.0]  # what is forgotten is gone
+    assert tape.regions(0, 64_000, pad=0) == [SpeechRegion(40_000 / 16_000, 44_000 / 16_000)]

@@ -39,3 +39,30 @@ def test_debug_log_holds_no_key_and_no_transcript(server: ServerProcess) -> None
     for text in texts:
         fragment = text[:24]
         assert len(fragment) >= 10 and fragment not in log, fragment
+
+
+def test_live_sessions_log_no_transcript_and_no_key(server: ServerProcess) -> None:
+    """The live endpoint at DEBUG: items are logged as requests, never their words; nor the key in
+    the browser's subprotocol."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from tests.live_client import load_24k, stream
+
+    mark = len(server.lines)
+    run = stream(server.http_port, load_24k(EVAL_DIR / "en/en_whisper_jfk.wav", 1.0), key=KEYS[0], pace=3.0,
+                 session={"audio": {"input": {"transcription": {"language": "en"}}}})
+    assert run.completed and run.text
+    wrong_key = "sekrit-live-key-7731"
+    with pytest.raises(InvalidStatus):
+        connect(f"ws://127.0.0.1:{server.http_port}/v1/realtime?intent=transcription",
+                subprotocols=["realtime", f"openai-insecure-api-key.{wrong_key}"])  # type: ignore[list-item]
+    server.wait_for_line("status=ok", after=mark)
+    log = "\n".join(server.lines[mark:])
+    assert "live item" in log  # the session's DEBUG lines are there
+    for secret in (*KEYS, wrong_key):
+        assert secret not in log
+    for item in run.completed:
+        for word in item["transcript"].split():
+            if len(word) > 6:
+                assert word not in log, word

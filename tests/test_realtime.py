@@ -172,3 +172,16 @@ def test_the_session_cap_answers_overloaded(strict_server: ServerProcess) -> Non
                                "audio": base64.b64encode(b"\0\0" * 2400).decode()}))
         first.send(json.dumps({"type": "input_audio_buffer.clear"}))
         assert json.loads(first.recv(timeout=30))["type"] == "input_audio_buffer.cleared"  # served on
+
+
+def test_audio_sent_far_faster_than_real_time_is_bounded(server: ServerProcess) -> None:
+    """A client that sends audio much faster than it can be transcribed: the session holds at most
+    twice LIVE_MAX_BUFFER_S of it, then says so and closes (1013); the server serves on."""
+    flood = np.concatenate([load_24k(JFK, 1.0)] * 8)  # 96 s of speech and pauses, sent in about 2 s
+    run = stream(server.http_port, flood, key=KEY, pace=50.0, session=ENGLISH, settle_s=20.0)
+    errors = [e["error"] for _, e in run.of("error")]
+    assert errors and errors[-1]["code"] == "overloaded" and "real time" in errors[-1]["message"], errors
+    assert isinstance(run.error, Exception)  # the session was closed
+    again = stream(server.http_port, load_24k(JFK, 1.0), key=KEY, pace=3.0, session=ENGLISH)
+    check_items(again)
+    assert again.completed

@@ -118,6 +118,13 @@ def parse_event(text: str | bytes, current: SessionSettings) -> ClientEvent:
                      "transcription session", "type", event_id)
 
 
+def binary_append(data: bytes) -> Append:
+    """Our extension: a binary frame is raw s16le at the session's rate, appended as it is."""
+    if len(data) % 2:
+        raise EventError("invalid_audio", "a binary frame is s16le: an odd number of bytes")
+    return Append(bytes(data))
+
+
 def _audio(value: object) -> bytes:
     if not isinstance(value, str):
         raise EventError("invalid_audio", "audio must be a base64 string", "audio")

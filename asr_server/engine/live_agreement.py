@@ -169,6 +169,8 @@ class LiveItem:
     deltas: list[str] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
     language: str | None = None
+    started: int = 0  # decodes started; two may run at once (a pause's beside the worker's)
+    applied: int = 0  # the latest of them whose result is in: an older one is dropped
     last: tuple[Hypothesis, int, int, str] | None = None  # the last hypothesis, its start, end, language
 
     def heard_all(self, start: int, end: int, pause: float) -> bool:

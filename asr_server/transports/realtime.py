@@ -123,17 +123,11 @@ class RealtimeEndpoint:
                     await send(events.error_event("timeout", why))
                     await socket.close(code=1000, message=b"timeout")
                     return
-                if message.type == WSMsgType.BINARY:
-                    if len(message.data) % 2:
-                        await send(events.error_event("invalid_audio", "a binary frame is s16le: an odd "
-                                                      "number of bytes"))
-                        continue
-                    await self._feed(live, audio_in, message.data)
-                    continue
-                if message.type != WSMsgType.TEXT:
+                if message.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
                     return  # closed, closing or an error (a frame over MAX_EVENT_BYTES: 1009)
                 try:
-                    event = events.parse_event(message.data, live.settings)
+                    event = events.binary_append(message.data) if message.type == WSMsgType.BINARY \
+                        else events.parse_event(message.data, live.settings)
                     if isinstance(event, events.Append):
                         await self._feed(live, audio_in, event.pcm)
                     elif isinstance(event, events.SessionUpdate):
@@ -149,6 +143,10 @@ class RealtimeEndpoint:
                         await live.clear()
                 except events.EventError as error:
                     await send(events.of_error(error))
+                except Overloaded as error:  # the session holds too much audio not yet transcribed
+                    await send(events.error_event(error.code, str(error), kind="server_error"))
+                    await socket.close(code=CLOSE_TRY_AGAIN_LATER, message=b"overloaded")
+                    return
         finally:
             await live.close()
 
