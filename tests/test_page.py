@@ -77,13 +77,18 @@ def get(server: ServerProcess, path: str) -> tuple[int, dict[str, str], str]:
 def test_page_is_served_with_its_headers(server: ServerProcess) -> None:
     status, headers, body = get(server, "/")
     assert status == 200
-    assert body == PAGE_FILE.read_text(encoding="utf-8")
+    # The file as it is, but for the two ports its Live mode needs (the HTTP port is where
+    # /v1/realtime is; the page's own tells it whether it was reached directly or via a proxy).
+    ports = f'data-live-port="{server.http_port}" data-page-port="{server.port}"'
+    page = PAGE_FILE.read_text(encoding="utf-8")
+    assert body == page.replace('<html lang="en">', f'<html lang="en" {ports}>')
     assert headers["Content-Type"] == "text/html; charset=utf-8"
     assert headers["Cache-Control"] == "no-cache"
     assert headers["X-Content-Type-Options"] == "nosniff"
     policy = dict(part.strip().split(" ", 1) for part in headers["Content-Security-Policy"].split(";"))
     assert policy["default-src"] == "'none'"
-    assert policy["connect-src"] == "'self'"
+    live = f"127.0.0.1:{server.http_port}"  # from the request's Host
+    assert policy["connect-src"] == f"'self' ws://{live} wss://{live}"
     assert re.fullmatch(r"'sha256-[A-Za-z0-9+/=]{44}' blob:", policy["script-src"]), policy
     assert re.fullmatch(r"'sha256-[A-Za-z0-9+/=]{44}'", policy["style-src"]), policy
     for alias in ("/index.html", "/?lang=en"):
