@@ -135,6 +135,7 @@ class LiveDecoding:
             self.service.metrics.live_commit_lag.observe(max(0.0, lag))
 
     async def _complete(self, item: LiveItem, hypothesis: Hypothesis, language: str) -> None:
+        self.items.remove(item)  # first: a decode of it that ends while these events go out is dropped
         rest = item.agreement.finish(hypothesis)
         if rest:
             await self._delta(item, rest, hypothesis)
@@ -142,7 +143,6 @@ class LiveDecoding:
         assert item.end is not None
         audio_s = (item.end - item.start) / SAMPLE_RATE
         await self.send(events.completed(item.id, transcript, audio_s, language or item.language or ""))
-        self.items.remove(item)
         if transcript and not repetitive(transcript):
             self.context = [*self.context[-8:], (language or item.language or "", transcript)]
             if language:

@@ -46,6 +46,8 @@ MIN_COMMIT_S = 0.1  # OpenAI refuses a commit of less than 100 ms of audio
 
 
 class LiveSession(LiveDecoding):
+    """One live session's audio, turns and items; its one worker task decodes them in order."""
+
     def __init__(self, service: AsrService, settings: events.SessionSettings, send: Send,
                  machine_id: str = "unknown") -> None:
         self.service, self.settings, self.send, self.machine_id = service, settings, send, machine_id
@@ -59,8 +61,7 @@ class LiveSession(LiveDecoding):
         self._frames = 0  # VAD frames judged so far: frame n ends at sample n * FRAME
         self._shown: tuple[str, str] | None = None  # the last tentative event's item and text
         self._wake = asyncio.Event()
-        # The decode under way, its item, and whether it is the item's final one.
-        self._running: tuple[asyncio.Future[None], LiveItem, bool] | None = None
+        self._running: tuple[asyncio.Future[None], LiveItem] | None = None  # the worker's decode, its item
         self._pauses: dict[str, asyncio.Future[None]] = {}  # an item's decode at a pause, beside the worker's
         self._worker = asyncio.create_task(self._work())
 
@@ -202,7 +203,7 @@ class LiveSession(LiveDecoding):
                     if item not in self.items:
                         continue
                 running = asyncio.ensure_future(self._decode(item))
-                self._running = (running, item, item.end is not None)
+                self._running = (running, item)
                 try:
                     await asyncio.wait({running})
                 except asyncio.CancelledError:  # the session ends
