@@ -91,8 +91,10 @@ class LiveDecoding:
             result = await self.service.transcribe(self.tape.slice(start, end), options,
                                                    speech=Speech(checked=True, regions=regions))
         hypothesis = hypothesis_of(result.segments)
-        if order < item.applied or item not in self.items:
-            return  # a later decode (a pause's, beside this one) is in already, or the item is done
+        if order < item.applied or item not in self.items or start != item.buffer_start:
+            # A later decode (a pause's, beside this one) is in already, the item is done, or the
+            # buffer was cut meanwhile (this hypothesis's words and times are of audio now gone).
+            return
         item.applied = order
         # A hypothesis (no fallback) with no words may have been judged a hallucination: the end of
         # the turn is decoded again, with whisper's fallback.
