@@ -4,7 +4,8 @@ turned into OpenAI's events.
 ``LiveDecoding`` is the half of ``LiveSession`` (``live_session.py``) that
 the session's one decoding task runs: a decode of an item's unconfirmed audio
 (with the VAD's regions as its speech, the committed text before it as its
-prompt, and whisper's fallback only at the end of the turn); a hypothesis
+prompt, whisper's fallback only at the end of the turn, and the encoder's
+window fitted to the buffer: engine/transcribe_state.py); a hypothesis
 moves LocalAgreement-2 on (``delta`` for what two in a row agree on, the
 extension's ``tentative`` for the rest) and cuts the buffer; the turn's last
 decode completes the item, which is logged and counted like a request. A
@@ -87,7 +88,7 @@ class LiveDecoding:
         else:
             options = TranscribeOptions(item.language, "transcribe", self._prompt(item),
                                         beam_size=self.config.live_beam_size or None,
-                                        fallback=item.end is not None)
+                                        fallback=item.end is not None, fit_window=True)
             result = await self.service.transcribe(self.tape.slice(start, end), options,
                                                    speech=Speech(checked=True, regions=regions))
         hypothesis = hypothesis_of(result.segments)

@@ -28,6 +28,7 @@ from asr_server.engine.job import Speech
 from asr_server.engine.pass_plan import Plan
 from asr_server.engine.transcribe_state import (
     COMPRESSION_RATIO_THRESHOLD,
+    FIT_SILENCE_FRAMES,
     LOGPROB_THRESHOLD,
     NO_SPEECH_THRESHOLD,
     RequestWindows,
@@ -121,6 +122,55 @@ def test_beam_search_is_whisper_transcribe_in_a_batch(engines: Engines, batched_
     items = [(samples_of(c), TranscribeOptions(c.lang, "transcribe")) for c in clips]
     for clip, item, ours in zip(clips, items, beam.transcribe_batch(items), strict=True):
         assert ours == whisper_transcribe(beam.model, *item, beam_size=5, key=clip.path), clip.path.name
+
+
+def fitted_oracle(model: whisper.model.Whisper, samples: np.ndarray, language: str) -> str:
+    """whisper's own encoder and decode on a fitted window: the audio, then ``FIT_SILENCE_FRAMES`` of
+    padding to a whole second; the encoder's positional embedding cut to it (whisper.cpp's audio_ctx)."""
+    mel = mel_of(torch.from_numpy(samples), model.dims.n_mels)
+    content = mel.shape[-1] - N_FRAMES
+    frames = -(-(content + FIT_SILENCE_FRAMES) // 100) * 100
+    assert frames < N_FRAMES, "a clip long enough to fill 30 s tells nothing here"
+    encoder = model.encoder
+    whole = encoder.positional_embedding
+    encoder.positional_embedding = whole[: frames // 2]
+    try:
+        result = whisper.decode(model, whisper.pad_or_trim(mel[:, :content], frames),
+                                whisper.DecodingOptions(language=language, fp16=False))
+    finally:
+        encoder.positional_embedding = whole
+    return result.text  # type: ignore[no-any-return, union-attr]
+
+
+@pytest.mark.parametrize("batched_attention", [None, True])
+def test_a_fitted_window_is_whisper_decoding_its_frames_in_a_batch_with_whole_windows(
+        engines: Engines, batched_attention: bool | None) -> None:
+    """A live decode's window (``fit_window``) is whisper's decode of those frames, its padding masked
+    in batched attention; the 30 s windows decoded beside it are whisper's transcribe() still."""
+    engine = engines.get(batched_attention=batched_attention)
+    clips = [c for c in load_manifest() if c.kind == "short" and c.lang != "bg"][::4][:6]
+    fitted = [(samples_of(c), TranscribeOptions(c.lang, "transcribe", fallback=False, fit_window=True))
+              for c in clips[:3]]
+    whole = [(samples_of(c), TranscribeOptions(c.lang, "transcribe")) for c in clips[3:]]
+    results = engine.transcribe_batch(fitted + whole)
+    for clip, (samples, options), ours in zip(clips[:3], fitted, results[:3], strict=True):
+        assert isinstance(ours, Transcription) and ours.text, clip.path.name
+        assert options.language is not None
+        assert ours.text.split() == fitted_oracle(engine.model, samples, options.language).split()
+    for clip, item, theirs in zip(clips[3:], whole, results[3:], strict=True):
+        assert theirs == whisper_transcribe(engine.model, *item, key=clip.path), clip.path.name
+
+
+def test_a_window_is_fitted_only_without_word_timestamps() -> None:
+    """whisper's word alignment runs on 30 s: a request for words keeps the whole window."""
+    mel = torch.zeros(80, 450 + N_FRAMES)
+    shapes = {}
+    for words in (False, True):
+        options = TranscribeOptions("en", "transcribe", word_timestamps=words, fit_window=True)
+        window = RequestWindows(mel, options, None, 448).next_window()
+        assert window is not None
+        shapes[words] = window.shape[-1]
+    assert shapes == {False: 800, True: N_FRAMES}
 
 
 def test_a_prompt_is_whisper_initial_prompt(engine: Engine) -> None:

@@ -6,7 +6,7 @@ Each iteration of ``DecodingLoop.serve``:
    for one only when nothing runs);
 2. drops the requests whose caller has gone;
 3. encodes the windows that need it (one at a time on the CPU, where the
-   encoder is compute-bound; stacked on CUDA), opens a cache slot for each
+   encoder is compute-bound; stacked on CUDA, by length), opens a cache slot for each
    and runs its prompt; a request without a language has it detected on
    its first window's encoding;
 4. runs one decoder pass for every live sequence of every request: one copy
@@ -52,7 +52,7 @@ from asr_server.engine.pass_plan import Entry, advance, make_plan
 from asr_server.engine.search import WindowSearch
 from asr_server.engine.token_choice import Rules
 from asr_server.engine.transcribe_state import BEST_OF, RequestWindows
-from asr_server.engine.whisper_compat import restricted_language_tokenizer
+from asr_server.engine.whisper_compat import detect_language, restricted_language_tokenizer
 from asr_server.engine.word_timing import WordTiming
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,12 @@ class DecodingLoop:
         if self.device.type == "cpu":  # compute-bound at one window: stacking only adds memory
             for r, mel in ready:
                 self._encode_and_start([(r, mel)], running)
-        else:
-            self._encode_and_start(ready, running)
+            return
+        by_length: dict[int, list[tuple[_Running, torch.Tensor]]] = {}
+        for r, mel in ready:  # 30 s windows stacked; a fitted window (live) with those of its length
+            by_length.setdefault(int(mel.shape[-1]), []).append((r, mel))
+        for group in by_length.values():
+            self._encode_and_start(group, running)
 
     def _encode_and_start(self, group: list[tuple[_Running, torch.Tensor]], running: list[_Running]) -> None:
         try:
@@ -204,9 +208,7 @@ class DecodingLoop:
 
     def _detect(self, features: torch.Tensor) -> str:
         """The language of the first window, among the supported ones only."""
-        _, probs = self.model.detect_language(features.unsqueeze(0), self.language_tokenizer)
-        found: dict[str, float] = probs[0]
-        return max(found, key=found.__getitem__)
+        return detect_language(self.model, features, self.language_tokenizer)
 
     def _start_search(self, r: _Running) -> None:
         """Run the prompt of the window's search at its temperature, and take its first token."""

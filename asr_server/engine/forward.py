@@ -26,14 +26,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from whisper.model import TextDecoder, Whisper
 
+from asr_server.engine import whisper_compat
 from asr_server.engine.cpu_linear import Vocabulary
 from asr_server.engine.kv_cache import Caches
 from asr_server.engine.pass_plan import Feed, Plan
 
 
 def encode(model: Whisper, mels: Tensor) -> Tensor:
-    """The encoder's output (windows, frames, state) for mels (windows, n_mels, 3000)."""
-    return model.encoder(mels)  # type: ignore[no-any-return]
+    """The encoder's output (windows, frames / 2, state) for mels (windows, n_mels, frames): 30 s, or a
+    fitted window shorter (whisper_compat.encode)."""
+    return whisper_compat.encode(model, mels)
 
 
 def prefill(caches: Caches, slot: int, prompt: Sequence[int], rows: int, read: Sequence[int]) -> Tensor:
@@ -60,8 +62,9 @@ def prefill(caches: Caches, slot: int, prompt: Sequence[int], rows: int, read: S
         x = x + attn.out(out)
         cross, h = block.cross_attn, _norm(block.cross_attn_ln, x)
         q = cross.query(h).view(length, heads, head_dim).transpose(0, 1)
-        scores = ((q * head_dim ** -0.5) @ caches.cross_k[layer][slot]).float()
-        out = (F.softmax(scores, dim=-1).to(q.dtype) @ caches.cross_v[layer][slot])
+        cross_k, cross_v = caches.cross(layer, slot)
+        scores = ((q * head_dim ** -0.5) @ cross_k).float()
+        out = (F.softmax(scores, dim=-1).to(q.dtype) @ cross_v)
         x = x + cross.out(out.transpose(0, 1).reshape(1, length, -1))
         x = x + block.mlp(_norm(block.mlp_ln, x))
     hidden: Tensor = _norm(decoder.ln, x)[0, list(read)]
@@ -167,13 +170,13 @@ class _PerWindow:
         return torch.cat(parts)  # (rows, heads, 1, head_dim)
 
     def cross(self, layer: int, q: Tensor) -> Tensor:
-        keys, values = self.caches.cross_k[layer], self.caches.cross_v[layer]
         scale = self.caches.head_dim ** -0.5
         parts = []
         for entry, part in zip(self.plan.entries, torch.split(q, self.plan.counts), strict=True):
             # The rows of one window share its audio: their queries form one block.
             block = part.transpose(0, 1) * scale  # (heads, rows, head_dim)
-            parts.append(_softmax_apply(block @ keys[entry.slot], values[entry.slot]).transpose(0, 1))
+            keys, values = self.caches.cross(layer, entry.slot)
+            parts.append(_softmax_apply(block @ keys, values).transpose(0, 1))
         return torch.cat(parts)  # (rows, heads, head_dim)
 
 
@@ -203,5 +206,6 @@ class _Batched:
         c, feed = self.caches, self.feed
         padded = q.new_zeros((self.used, c.heads, c.rows, c.head_dim))
         padded[feed.slot_of_row, :, feed.row_in_slot] = q * c.head_dim ** -0.5
-        out = _softmax_apply(padded @ c.cross_k[layer][: self.used], c.cross_v[layer][: self.used])
+        scores = padded @ c.cross_k[layer][: self.used] + c.cross_mask[: self.used, None, None]
+        out = _softmax_apply(scores, c.cross_v[layer][: self.used])  # a fitted window's padding masked
         return out[feed.slot_of_row, :, feed.row_in_slot]  # (rows, heads, head_dim)

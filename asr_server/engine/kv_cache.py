@@ -9,6 +9,12 @@ memory free beside the model: ``CacheDoesNotFit`` if it is short), so a pass
 never grows the cache and a failure can never leave it half grown; a slot
 whose opening fails is free again. On the CPU an idle cache gives its pages
 back (``forget``): the storage is made anew, untouched.
+
+A fitted window (a live decode: transcribe_state.py) has fewer frames than
+the 1500 reserved: a slot keeps its audio's length (``cross_frames``). Per
+window, attention reads only those frames; batched attention reads all of
+them, the rest masked by ``cross_mask`` (0 or -inf per slot and frame, in
+place, so a CUDA graph's captured pass reads it too).
 """
 
 from __future__ import annotations
@@ -69,6 +75,8 @@ class Caches:
         self.self_v: list[Tensor] = []
         self.cross_k: list[Tensor] = []  # per layer: (slots, heads, head_dim, frames)
         self.cross_v: list[Tensor] = []  # per layer: (slots, heads, frames, head_dim)
+        self.cross_frames = [self.frames] * self.all_slots  # per slot: its audio's frames
+        self.cross_mask = torch.zeros((self.all_slots, self.frames), dtype=dtype, device=self.device)
         self._reserve()
 
     @property
@@ -100,19 +108,31 @@ class Caches:
         try:
             self.lengths[slot] = 0
             features = features.to(self.dtype)
+            frames = int(features.shape[1])
+            if not 0 < frames <= self.frames:
+                raise ValueError(f"a window of {frames} encoder frames: at most {self.frames}")
             for layer, block in enumerate(self.model.decoder.blocks):
                 attn = block.cross_attn
-                keys = attn.key(features).view(self.frames, self.heads, self.head_dim)
-                values = attn.value(features).view(self.frames, self.heads, self.head_dim)
-                self.cross_k[layer][slot] = keys.permute(1, 2, 0)
-                self.cross_v[layer][slot] = values.transpose(0, 1)
+                keys = attn.key(features).view(frames, self.heads, self.head_dim)
+                values = attn.value(features).view(frames, self.heads, self.head_dim)
+                self.cross_k[layer][slot, :, :, :frames] = keys.permute(1, 2, 0)
+                self.cross_v[layer][slot, :, :frames] = values.transpose(0, 1)
                 if self.batched:  # read under the mask by every pass: no value of an earlier window stays
                     self.self_k[layer][slot].zero_()
                     self.self_v[layer][slot].zero_()
+            self.cross_frames[slot] = frames
+            self.cross_mask[slot, :frames] = 0
+            self.cross_mask[slot, frames:] = float("-inf")
         except BaseException:
             self.free.append(slot)
             raise
         return slot
+
+    def cross(self, layer: int, slot: int) -> tuple[Tensor, Tensor]:
+        """A slot's cross-attention keys (heads, head_dim, frames) and values (heads, frames, head_dim)
+        in ``layer``, its audio's frames only."""
+        frames = self.cross_frames[slot]
+        return self.cross_k[layer][slot, :, :, :frames], self.cross_v[layer][slot, :, :frames]
 
     def close(self, slot: int) -> None:
         if slot not in self.free:
