@@ -71,6 +71,23 @@ def test_batched_attention_equals_per_window_attention(beam_size: int) -> None:
     assert same >= 7, (batched, per_window)
 
 
+def test_fitted_windows_beside_whole_ones_are_encoded_by_length_and_masked_in_graphed_passes() -> None:
+    """Live decodes' fitted windows (fit_window) in one batch with 30 s ones: stacked by length for
+    the encoder, replayed graphs against eager per-window attention, float16, compared by words."""
+    work = [(samples, TranscribeOptions(options.language, "transcribe", fit_window=index % 2 == 0))
+            for index, (samples, options) in enumerate(items(8))]
+    graphed = cuda_engine(1)
+    graphed.warm_up()
+    replayed = graphed.transcribe_batch(work)  # type: ignore[arg-type]
+    assert graphed.loop.graphs is not None and graphed.loop.graphs.enabled
+    per_window = cuda_engine(1, batched_attention=False).transcribe_batch(work)  # type: ignore[arg-type]
+    same = 0
+    for a, b in zip(replayed, per_window, strict=True):
+        assert isinstance(a, Transcription) and isinstance(b, Transcription) and a.text
+        same += normalise(a.text, "en") == normalise(b.text, "en")
+    assert same >= 7, (replayed, per_window)
+
+
 def test_a_real_out_of_memory_in_a_pass_is_run_in_halves() -> None:
     """Most of the card is taken first, so that a pass over 16 beam searches really runs out."""
     engine = cuda_engine(beam_size=5)
