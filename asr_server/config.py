@@ -99,6 +99,7 @@ class Config:
     live_idle_timeout_s: float = 60.0  # no event from the client for this long ends the session
     live_max_buffer_s: float = 30.0  # an item's audio not yet final; past it the server says it is behind
     live_beam_size: int = 0  # a live item's decodes: 0 is ASR_BEAM_SIZE's (beam 5 costs greedy's time here)
+    live_fit_window: bool = True  # a live decode's encoder window fitted to its audio (docs/live.md)
 
     @property
     def effective_max_audio_bytes(self) -> int:
@@ -207,6 +208,7 @@ class Config:
                                          lambda v: 10 <= v <= 600, "must be in [10, 600]"),
             live_beam_size=reader.get("LIVE_BEAM_SIZE", int, defaults.live_beam_size, lambda v: 0 <= v <= 5,
                                       "must be 0 (ASR_BEAM_SIZE's), 1 (greedy) .. 5"),
+            live_fit_window=reader.boolean("LIVE_FIT_WINDOW", defaults.live_fit_window),
             log_level=reader.get("LOG_LEVEL", str.upper, defaults.log_level,
                                  lambda v: v in _LOG_LEVELS, f"must be one of {', '.join(_LOG_LEVELS)}"),
         )

@@ -88,7 +88,8 @@ class LiveDecoding:
         else:
             options = TranscribeOptions(item.language, "transcribe", self._prompt(item),
                                         beam_size=self.config.live_beam_size or None,
-                                        fallback=item.end is not None, fit_window=True)
+                                        fallback=item.end is not None,
+                                        fit_window=self.config.live_fit_window)
             result = await self.service.transcribe(self.tape.slice(start, end), options,
                                                    speech=Speech(checked=True, regions=regions))
         hypothesis = hypothesis_of(result.segments)

@@ -14,7 +14,7 @@ delta after an item's speech starts; WER of the live text and of the offline
 text against the reference; commit lag with 1..N streams at once; and a file
 request's latency alone and beside one live stream.
 
-Run: .venv/bin/python scripts/live_bench.py [--streams 1 2 3 4] [--quick]
+Run: .venv/bin/python scripts/live_bench.py [--streams 1 2 3 4] [--quick] [--whole-window]
 """
 
 from __future__ import annotations
@@ -205,10 +205,15 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--quick", action="store_true", help="one long recording only")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "live-bench.json")
+    parser.add_argument("--whole-window", action="store_true",
+                        help="LIVE_FIT_WINDOW=0: live decodes on whisper's whole 30 s window (the reference)")
     args = parser.parse_args()
     found = sources(args.quick)
     results: dict[str, Any] = {"cpu": cpu_note(), "sources": [], "streams": {}, "file": {}}
-    with ServerProcess(env={"MAX_LIVE_SESSIONS": "32", "ALLOW_NO_AUTH": "1"}) as server:
+    env = {"MAX_LIVE_SESSIONS": "32", "ALLOW_NO_AUTH": "1",
+           "LIVE_FIT_WINDOW": "0" if args.whole_window else "1"}
+    results["live_fit_window"] = not args.whole_window
+    with ServerProcess(env=env) as server:
         for source in found:
             measured = measure_source(server, source)
             results["sources"].append(measured)

@@ -38,7 +38,7 @@ class TranscribeOptions:
     beam_size: int | None = None  # None: the server's ASR_BEAM_SIZE
     # False (a live hypothesis): one temperature, and a window that fails whisper's checks gives no text.
     fallback: bool = True
-    # True (live): the encoder reads the audio and 3 s of silence after it, not a whole 30 s window
+    # True (live): the encoder reads the audio and a few seconds of padding, not a whole 30 s window
     # (engine/transcribe_state.py); not with word timestamps, whose alignment takes 30 s.
     fit_window: bool = False
 

@@ -50,7 +50,7 @@ INPUT_STRIDE = WINDOW_FRAMES // 1500  # mel frames per timestamp token
 TIME_PRECISION = INPUT_STRIDE * HOP_LENGTH / SAMPLE_RATE  # 0.02 s
 # A fitted window (``TranscribeOptions.fit_window``, a live decode) is its audio and this much of the
 # padding after it (zeros, as transcribe() pads), rounded up to whole seconds, not 30 s: the encoder's
-# cost falls with the window (base, 2 cores: 0.42 s for 30 s, 0.07 s for 8 s). With 3 s, live
+# cost falls with the window (base, 2 cores: 0.44 s for 30 s, 0.07 s for 8 s). With 3 s, live
 # hypotheses cut mid-sentence repeated their last words and the live WER rose 7 points; with 6 s the
 # latency goals hold and the WER is near the whole window's (docs/live.md, "A fitted window").
 FIT_SILENCE_FRAMES = 6 * int(FRAMES_PER_SECOND)
