@@ -163,7 +163,9 @@ def measure_source(server: ServerProcess, source: Source) -> dict[str, Any]:
         live_wer = wer([" ".join(source.references)], [run.text], "mixed")
         offline_wer = wer([" ".join(source.references)], [reference["text"]], "mixed")
         against = wer([reference["text"]], [run.text], "mixed")
+    words = len(normalise(" ".join(source.references), langs[0] if len(langs) == 1 else "mixed").split())
     return {"name": source.name, "audio_s": run.audio_s, "items": len(run.completed), "finals": finals,
+            "reference_words": words,
             "firsts": firsts, "lags": lags, "live_wer": live_wer, "offline_wer": offline_wer,
             "against_offline": against, "live_text": run.text, "offline_text": reference["text"]}
 
@@ -269,6 +271,13 @@ def markdown(results: dict[str, Any]) -> str:
                     f"| ≤ +1.5 points over offline | {source['live_wer']:.1f} vs offline "
                     f"{source['offline_wer']:.1f}: {gap:+.1f} (live against offline text: "
                     f"{source['against_offline']:.1f}) |")
+    counted = results["sources"]
+    if all("reference_words" in source for source in counted):
+        words = sum(source["reference_words"] for source in counted)
+        live, offline = (sum(source[key] * source["reference_words"] for source in counted) / words
+                         for key in ("live_wer", "offline_wer"))
+        rows.append(f"| WER of `completed`, the sources pooled ({words} words) | ≤ +1.5 points over offline "
+                    f"| {live:.1f} vs offline {offline:.1f}: {live - offline:+.1f} |")
     one = results["streams"].get("1") or results["streams"].get(1)
     held = [n for n, s in results["streams"].items() if one and s["lag_p50"] <= 2 * one["lag_p50"]]
     most = max(map(int, held))
