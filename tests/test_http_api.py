@@ -168,6 +168,7 @@ def test_a_wrong_key_is_401(server: ServerProcess) -> None:
         client(server, key="not-the-key").audio.transcriptions.create(
             model="whisper-1", file=wav_upload())
     assert refused.value.status_code == 401
+    assert refused.value.response.headers["WWW-Authenticate"] == 'Bearer realm="asr-server"'
     body: Any = refused.value.body
     assert body["code"] == "unauthorized" and body["type"] == "authentication_error"
     assert "not-the-key" not in json.dumps(body)

@@ -98,6 +98,7 @@ def test_a_wrong_key_is_refused_before_the_upgrade(server: ServerProcess) -> Non
             pass
     assert refused.value.response.status_code == 401
     assert json.loads(refused.value.response.body)["error"]["code"] == "unauthorized"
+    assert refused.value.response.headers["WWW-Authenticate"] == 'Bearer realm="asr-server"'
 
 
 def test_browser_subprotocol_key_and_binary_frames(server: ServerProcess) -> None:

@@ -119,6 +119,13 @@ def error_body(error: AsrError) -> tuple[int, dict[str, Any]]:
                               "code": error.code}}
 
 
+def error_headers(status: int) -> dict[str, str] | None:
+    """The headers OpenAI's clients read beside an error: when to retry, or how to authenticate."""
+    if status == 401:
+        return {"WWW-Authenticate": 'Bearer realm="asr-server"'}
+    return {"Retry-After": "1"} if status in (429, 503) else None
+
+
 def _words(segments: tuple[Segment, ...]) -> list[dict[str, Any]]:
     return [{"word": w.word.strip(), "start": w.start, "end": w.end}
             for s in segments for w in (s.words or ())]

@@ -37,7 +37,7 @@ from asr_server.contract.errors import (
     RequestTimeout,
     Unauthorized,
 )
-from asr_server.contract.openai_formats import error_body, parse_form
+from asr_server.contract.openai_formats import error_body, error_headers, parse_form
 from asr_server.service import CLIENT_GONE, AsrService, RequestRecord
 from asr_server.transports.openai_upload import FORM_OVERHEAD_BYTES, MAX_FIELD_BYTES, read_form
 from asr_server.transports.realtime import RealtimeEndpoint
@@ -47,10 +47,7 @@ log = logging.getLogger(__name__)
 
 def _error_response(error: AsrError) -> web.Response:
     status, body = error_body(error)
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
-    if status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="asr-server"'}
-    return web.json_response(body, status=status, headers=headers)
+    return web.json_response(body, status=status, headers=error_headers(status))
 
 
 class HttpApi:

@@ -28,8 +28,8 @@ from aiohttp import WSMsgType, web
 
 from asr_server.admission import client_address
 from asr_server.contract import realtime_events as events
-from asr_server.contract.errors import BadRequest, Overloaded, Unauthorized
-from asr_server.contract.openai_formats import error_body
+from asr_server.contract.errors import AsrError, BadRequest, Overloaded, Unauthorized
+from asr_server.contract.openai_formats import error_body, error_headers
 from asr_server.engine.live_audio import LiveInput
 from asr_server.engine.vad import StreamingVad
 from asr_server.live_session import LiveSession
@@ -68,14 +68,14 @@ class RealtimeEndpoint:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.query.get("intent") != "transcription":
             return _refuse(BadRequest("this server serves transcription sessions only: "
-                                      "/v1/realtime?intent=transcription"), 400)
+                                      "/v1/realtime?intent=transcription"))
         if not self.service.allows(self._key(request)):
             return _refuse(Unauthorized("missing or wrong API key (Authorization: Bearer ..., or the "
-                                        "openai-insecure-api-key subprotocol)"), 401)
+                                        "openai-insecure-api-key subprotocol)"))
         address = client_address(request.remote or "-", request.headers.getall("X-Forwarded-For", []),
                                  self.config.trusted_proxies)
         if refusal := self.service.admit(address):
-            return _refuse(Overloaded(refusal), 429)
+            return _refuse(Overloaded(refusal))
         record = RequestRecord(kind=LIVE_SESSION, authenticated=True)  # its items are the requests
         try:
             socket = web.WebSocketResponse(protocols=("realtime",), max_msg_size=MAX_EVENT_BYTES)
@@ -156,8 +156,7 @@ class RealtimeEndpoint:
         await live.audio(samples, probabilities)
 
 
-def _refuse(error: Any, status: int) -> web.Response:
-    _, body = error_body(error)
-    headers = {"WWW-Authenticate": 'Bearer realm="asr-server"'} if status == 401 else \
-        {"Retry-After": "1"} if status == 429 else None
-    return web.json_response(body, status=status, headers=headers)
+def _refuse(error: AsrError) -> web.Response:
+    """Refused before the upgrade: the HTTP API's error, as the openai client reads it."""
+    status, body = error_body(error)
+    return web.json_response(body, status=status, headers=error_headers(status))
