@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 PAUSE_S = 0.15  # a pause this long starts a decode at once: likely the turn's last
 REGION_PAD_S = 0.2  # the speech regions handed to the engine, widened as the file gate's are
 PROMPT_CHARS = 200
+END_TRIM_AFTER_S = 10.0  # a turn's last decode: its buffer is cut past committed words from this long
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -72,12 +73,19 @@ class LiveDecoding:
             text = f"{self.settings.prompt} {text}".strip()
         return text or None
 
-    async def _decode(self, item: LiveItem) -> None:
+    async def _decode(self, item: LiveItem, pause: bool = False) -> None:
+        """A decode of the item's buffer: ``pause``, the one that a pause in the turn starts at once."""
         if item.last is not None and item.last[0].words and \
                 item.heard_all(item.last[1], item.last[2], PAUSE_S * SAMPLE_RATE):
             await self._complete(item, item.last[0], item.last[3])  # the pause's decode was the last
             return
         final = item.end is not None
+        if (final or pause) and item.last is not None and item.last[1] == item.buffer_start:
+            # Likely the turn's last decode, which the user waits for: a long turn's buffer is cut
+            # at its committed words sooner than 15 s, as its cost grows with the buffer.
+            cut = item.agreement.cut(item.last[0], (self.tape.end - item.buffer_start) / SAMPLE_RATE,
+                                     after_s=END_TRIM_AFTER_S)
+            item.buffer_start += int(cut * SAMPLE_RATE)
         start, end = item.buffer_start, (item.end if item.end is not None else self.tape.end)
         item.decoded_to = end
         item.started += 1
@@ -140,6 +148,7 @@ class LiveDecoding:
 
     async def _complete(self, item: LiveItem, hypothesis: Hypothesis, language: str) -> None:
         self.items.remove(item)  # first: a decode of it that ends while these events go out is dropped
+        reading = item.reading(hypothesis)
         rest = item.agreement.finish(hypothesis)
         if rest:
             await self._delta(item, rest, hypothesis)
@@ -147,8 +156,8 @@ class LiveDecoding:
         assert item.end is not None
         audio_s = (item.end - item.start) / SAMPLE_RATE
         await self.send(events.completed(item.id, transcript, audio_s, language or item.language or ""))
-        if transcript and not repetitive(transcript):
-            self.context = [*self.context[-8:], (language or item.language or "", transcript)]
+        if transcript and not repetitive(reading):
+            self.context = [*self.context[-8:], (language or item.language or "", reading)]
             if language:
                 self.spoken = (language, item.speech_end or item.end)
         latency = max(0.0, time.monotonic() - item.ended_at)

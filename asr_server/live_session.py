@@ -113,7 +113,7 @@ class LiveSession(LiveDecoding):
 
     async def _beside(self, item: LiveItem) -> None:
         try:
-            await self._decode(item)
+            await self._decode(item, pause=True)
         except Exception:  # the worker decodes the turn's end again if it must
             log.debug("a pause's decode failed", exc_info=True)
         finally:

@@ -164,7 +164,9 @@ def measure_source(server: ServerProcess, source: Source) -> dict[str, Any]:
         offline_wer = wer([" ".join(source.references)], [reference["text"]], "mixed")
         against = wer([reference["text"]], [run.text], "mixed")
     words = len(normalise(" ".join(source.references), langs[0] if len(langs) == 1 else "mixed").split())
+    errors = [e["error"].get("code") for _, e in run.of("error")]
     return {"name": source.name, "audio_s": run.audio_s, "items": len(run.completed), "finals": finals,
+            "error_events": errors,
             "reference_words": words,
             "firsts": firsts, "lags": lags, "live_wer": live_wer, "offline_wer": offline_wer,
             "against_offline": against, "live_text": run.text, "offline_text": reference["text"]}

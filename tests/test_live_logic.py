@@ -9,7 +9,14 @@ import pytest
 
 from asr_server.contract import realtime_events as events
 from asr_server.contract.domain import Segment
-from asr_server.engine.live_agreement import Agreement, Hypothesis, hypothesis_of, repetitive, spell
+from asr_server.engine.live_agreement import (
+    Agreement,
+    Hypothesis,
+    LiveItem,
+    hypothesis_of,
+    repetitive,
+    spell,
+)
 from asr_server.engine.live_turns import FRAME, SpeechStarted, SpeechStopped, TurnDetector
 
 
@@ -56,6 +63,17 @@ def test_the_buffer_is_cut_at_the_last_segment_end_holding_only_committed_words(
     assert agreement.update(hyp(("And the tail grows", 4.5))) == ["the", "tail"]
 
 
+def test_a_turns_last_decode_may_cut_the_buffer_sooner() -> None:
+    agreement = Agreement(trim_after_s=15.0)
+    agreed = hyp(("A whole sentence here.", 6.0), ("And a tail", 11.0))
+    agreement.update(agreed)
+    agreement.update(hyp(("A whole sentence here.", 6.0), ("And the tail", 11.0)))
+    assert agreement.cut(agreed, buffer_s=11.5) == 0.0  # not past 15 s
+    assert agreement.cut(agreed, buffer_s=11.5, after_s=12.0) == 0.0
+    assert agreement.cut(agreed, buffer_s=11.5, after_s=10.0) == 6.0
+    assert agreement.in_buffer == ["And"]
+
+
 def test_a_buffer_with_nothing_agreed_is_forced_past_its_limit() -> None:
     agreement = Agreement(trim_after_s=15.0, force_after_s=25.0)
     agreement.update(hyp(("x y", 10.0), ("z", 20.0)))
@@ -65,6 +83,40 @@ def test_a_buffer_with_nothing_agreed_is_forced_past_its_limit() -> None:
     assert agreement.force(changing, 24.0) == ([], 0.0)
     assert agreement.force(changing, 26.0) == (["a", "b"], 12.0)
     assert agreement.tentative == ("c", "d")
+
+
+def test_an_items_reading_for_the_prompt_is_its_last_decode_of_the_buffer() -> None:
+    item = LiveItem("item_1", start=0, buffer_start=0, agreement=Agreement(trim_after_s=15.0))
+
+    def commit(hypothesis: Hypothesis) -> None:  # what live_decoding does with a hypothesis's new words
+        new = item.agreement.update(hypothesis)
+        item.deltas.append(spell(new, not item.words))
+        item.words.extend(new)
+
+    commit(hyp(("Last year it rose.", 6.0), ("The roofs were", 15.0)))
+    early = hyp(("Last year it rose.", 6.0), ("The roofs were tight", 16.0))
+    commit(early)
+    assert item.agreement.cut(early, buffer_s=16.5) == 6.0  # "Last year it rose." is before the buffer
+    assert item.agreement.in_buffer == ["The", "roofs", "were"]
+    # With the whole turn heard, the last decode reads the buffer's committed words otherwise: the
+    # deltas stand (they were final), but the items after are prompted with the better reading.
+    last = hyp(("The rules were tightened.", 4.0))
+    assert item.reading(last) == "Last year it rose. The rules were tightened."
+    item.deltas.append(spell(item.agreement.finish(last), False))
+    assert "".join(item.deltas) == "Last year it rose. The roofs were tightened."
+    assert item.reading(hyp()) == "Last year it rose. The roofs were tightened."  # no words: the deltas
+
+
+def test_a_phrase_said_twice_in_a_row_is_a_loop_said_once() -> None:
+    looped = hyp(("With this measure, with this measure,", 1.3))
+    assert looped.words == ("With", "this", "measure,") and looped.segment_ends == ((3, 1.3),)
+    across = hyp(("So we did not stop there . . .", 1.0), ("But we didn't stop there . . .", 1.6),
+                 ("But we didn't stop there . . . Towards", 2.5))
+    assert " ".join(across.words) == "So we did not stop there . . . But we didn't stop there . . . Towards"
+    assert across.segment_ends == ((9, 1.0), (17, 1.6), (18, 2.5))
+    # A word or two said again is a speaker's restart, and kept; so is a phrase said again later.
+    for kept in ("I think, I think that works.", "the rules and the rules of the rules", ". . . . . . yes"):
+        assert " ".join(hyp((kept, 2.0)).words) == kept
 
 
 def test_deltas_join_into_the_text() -> None:

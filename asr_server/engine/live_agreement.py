@@ -32,6 +32,7 @@ from asr_server.contract.domain import Segment
 _FOLD = re.compile(r"[^\w]+")
 # whisper's own limit: text that compresses better than this is a loop ("the the the ...").
 MAX_COMPRESSION_RATIO = 2.4
+MIN_LOOP_WORDS = 3
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,31 @@ class Hypothesis:
 
 
 def hypothesis_of(segments: Sequence[Segment]) -> Hypothesis:
+    """A decode's words, with a phrase said twice in a row said once (``_loop``)."""
     words: list[str] = []
     ends: list[tuple[int, float]] = []
     for segment in segments:
         words.extend(segment.text.split())
         ends.append((len(words), segment.end))
+    while (loop := _loop(words)) is not None:
+        at, length = loop
+        del words[at:at + length]
+        ends = [(count - min(length, max(0, count - at)), end) for count, end in ends]
     return Hypothesis(tuple(words), tuple(ends))
+
+
+def _loop(words: Sequence[str]) -> tuple[int, int] | None:
+    """Where a phrase of ``MIN_LOOP_WORDS`` or more comes again right after itself: (the second copy's
+    first word, its length). On a second or two of audio after a prompt, whisper sometimes says
+    the turn's words twice ("With this measure, with this measure,"): a loop too short for the
+    compression-ratio test. A speaker restarting says a word or two again, not a whole phrase."""
+    folded = [_fold(word) for word in words]
+    for length in range(len(folded) // 2, MIN_LOOP_WORDS - 1, -1):
+        for at in range(len(folded) - length, length - 1, -1):  # the latest: copies end where segments do
+            phrase = folded[at:at + length]
+            if folded[at - length:at] == phrase and sum(map(bool, phrase)) >= MIN_LOOP_WORDS:
+                return at, length
+    return None
 
 
 def spell(words: Sequence[str], first: bool) -> str:
@@ -102,10 +122,10 @@ class Agreement:
         self.tentative = ()
         return new
 
-    def cut(self, hypothesis: Hypothesis, buffer_s: float) -> float:
+    def cut(self, hypothesis: Hypothesis, buffer_s: float, after_s: float | None = None) -> float:
         """Seconds to cut from the buffer's front (0: none): the last segment end with only committed
-        words before it, once the buffer is longer than ``trim_after_s``."""
-        if buffer_s <= self.trim_after_s:
+        words before it, once the buffer is longer than ``after_s`` (``trim_after_s`` unless given)."""
+        if buffer_s <= (self.trim_after_s if after_s is None else after_s):
             return 0.0
         committed_end = self._past_committed(hypothesis.words)
         best = (0, 0.0)
@@ -172,6 +192,15 @@ class LiveItem:
     started: int = 0  # decodes started; two may run at once (a pause's beside the worker's)
     applied: int = 0  # the latest of them whose result is in: an older one is dropped
     last: tuple[Hypothesis, int, int, str] | None = None  # the last hypothesis, its start, end, language
+
+    def reading(self, hypothesis: Hypothesis) -> str:
+        """The item as its last decode reads it: the committed words before the buffer, then that
+        decode's words for all the buffer. The committed words were agreed on with less of the turn
+        heard; this reading, with all of it, is the better prompt for the items after."""
+        if not hypothesis.words:
+            return "".join(self.deltas)
+        before = self.words[:len(self.words) - len(self.agreement.in_buffer)]
+        return spell([*before, *hypothesis.words], True)
 
     def heard_all(self, start: int, end: int, pause: float) -> bool:
         """A decode of the buffer from ``start`` to ``end`` heard all of the ended turn's speech."""
