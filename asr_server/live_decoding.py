@@ -16,6 +16,7 @@ decoded again, with fallback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -53,6 +54,7 @@ class LiveDecoding:
     items: deque[LiveItem]
     context: list[tuple[str, str]]  # completed items' language and text, for the prompt
     _shown: tuple[str, str] | None  # the last tentative event's item and text
+    _running: tuple[asyncio.Future[None], LiveItem] | None  # the session worker's decode, its item
     spoken: tuple[str, int] | None  # the language detected in the last completed item, its speech's end
 
     def _forget(self) -> None:
@@ -86,6 +88,13 @@ class LiveDecoding:
             cut = item.agreement.cut(item.last[0], (self.tape.end - item.buffer_start) / SAMPLE_RATE,
                                      after_s=END_TRIM_AFTER_S)
             item.buffer_start += int(cut * SAMPLE_RATE)
+            running = self._running
+            stale = pause and cut > 0 and running is not None and running[1] is item and not running[0].done()
+            if stale and running is not None:
+                running[0].cancel()  # a decode of the buffer before the cut: its result would be dropped
+            if cut:
+                log.debug("live item %s: the turn's last decode cut %.2f s of committed words%s", item.id,
+                          cut, " (the decode under way cancelled)" if stale else "")
         start, end = item.buffer_start, (item.end if item.end is not None else self.tape.end)
         item.decoded_to = end
         item.started += 1

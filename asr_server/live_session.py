@@ -209,6 +209,8 @@ class LiveSession(LiveDecoding):
                 except asyncio.CancelledError:  # the session ends
                     running.cancel()
                     raise
+                if running.cancelled():
+                    continue  # a pause's decode cut the buffer under it (live_decoding.py)
                 try:
                     running.result()
                 except AsrError as error:

@@ -71,6 +71,19 @@ def test_two_utterances_with_a_pause_are_two_items(server: ServerProcess) -> Non
     assert stopped[0] < load_24k(clips[0]).size / RATE * 1000 + 2000 < stopped[1]
 
 
+def test_a_long_turns_last_decode_starts_past_its_committed_words(server: ServerProcess) -> None:
+    """Over 10 s of speech in one turn: at its pauses the buffer is cut past the committed words."""
+    clips = [c for c in harness.load_manifest() if c.path.name in ("en_whisper_jfk.wav", "en_fleurs_000.wav")]
+    session = {"audio": {"input": {"transcription": {"language": "en"},
+                                   "turn_detection": {"type": "server_vad", "silence_duration_ms": 1500}}}}
+    after = len(server.lines)
+    run = stream(server.http_port, joined([c.path for c in clips], 0.4), key=KEY, session=session)
+    check_items(run)
+    assert len(run.completed) == 1 and not run.of("conversation.item.input_audio_transcription.failed")
+    server.wait_for_line("the turn's last decode cut", after=after)
+    assert harness.wer([" ".join(c.text for c in clips)], [run.text], "en") <= 25.0, run.text
+
+
 def test_manual_commit_without_turn_detection(server: ServerProcess) -> None:
     session = {**ENGLISH["audio"]["input"], "turn_detection": None}
     run = stream(server.http_port, load_24k(JFK), key=KEY, pace=4.0, commit=True,
