@@ -237,6 +237,23 @@ def test_fallback_and_no_speech_are_decided_as_whisper_decides(engine: Engine) -
     assert ours == formatted(theirs, silence_between)
 
 
+def test_a_requests_sampled_fallback_is_the_same_whatever_samples_beside_it(engine: Engine) -> None:
+    """Reversed speech is sampled at every fallback temperature. Its text is the same alone and beside
+    another request that samples too, whatever torch's global generator holds: each request draws
+    from its own generator, seeded alike."""
+    clips = {c.path.name: c for c in load_manifest()}
+    reversed_speech = samples_of(clips["en_pocketsphinx_goforward.wav"])[::-1].copy()
+    other = np.concatenate([np.zeros(8_000, dtype=np.float32), reversed_speech[: 16_000 * 3]])
+    en = TranscribeOptions("en", "transcribe")
+    torch.manual_seed(1)
+    alone = windows_of(engine, [(reversed_speech, en)])[0]
+    torch.manual_seed(2)
+    beside = windows_of(engine, [(other, en), (reversed_speech, en)])
+    assert alone.decisions[0][1] > 0 and beside[0].decisions[0][1] > 0  # both were sampled
+    assert [s["tokens"] for s in beside[1].segments] == [s["tokens"] for s in alone.segments]
+    assert alone.decisions == beside[1].decisions
+
+
 class OutOfMemoryInjector:
     """Fault double: a decoder pass over more than one window, or over a window whose cache holds more
     than ``too_long`` tokens, fails as CUDA does when it runs out of memory."""

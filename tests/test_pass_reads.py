@@ -129,6 +129,23 @@ def test_sampling_draws_what_whispers_categorical_draws() -> None:
     assert torch.equal(sample(logits), expected)
 
 
+def test_each_requests_rows_draw_from_its_own_generator() -> None:
+    """Two requests' sampled rows in one pass: each draws what it draws alone, from its own generator,
+    whichever goes first; torch's global generator is not moved."""
+    ours, theirs = torch.randn(5, 51866) * 4 / 0.4, torch.randn(5, 51866) * 4 / 0.6
+    torch.manual_seed(11)
+    expected = torch.distributions.Categorical(logits=ours).sample()  # type: ignore[no-untyped-call]
+    state = torch.random.get_rng_state()
+    alone = sample(ours, [(torch.Generator().manual_seed(11), 5)])
+    first = sample(torch.cat([ours, theirs]), [(torch.Generator().manual_seed(11), 5),
+                                               (torch.Generator().manual_seed(3), 5)])
+    second = sample(torch.cat([theirs, ours]), [(torch.Generator().manual_seed(3), 5),
+                                                (torch.Generator().manual_seed(11), 5)])
+    assert torch.equal(alone, expected) and torch.equal(first[:5], expected) and torch.equal(second[5:], expected)
+    assert torch.equal(first[5:], second[:5])
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_top_k_finds_what_topk_finds() -> None:
     generator = torch.Generator().manual_seed(7)
     for width in (51865, 51866, 1000, 7):

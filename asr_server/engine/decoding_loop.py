@@ -213,7 +213,7 @@ class DecodingLoop:
     def _start_search(self, r: _Running) -> None:
         """Run the prompt of the window's search at its temperature, and take its first token."""
         assert r.slot is not None
-        search = r.windows.search()
+        search = r.windows.search(self.device)
         logits = forward.prefill(self.caches, r.slot, search.initial_tokens, search.rows,
                                  (search.sot_index, search.sample_begin - 1))
         no_speech = None if self.rules.no_speech is None else logits[0].softmax(dim=-1)[self.rules.no_speech]

@@ -145,7 +145,9 @@ def make_plan(caches: Caches, rules: Rules, entries: Sequence[Entry], pad_to: in
         move_origin=move_part[2], move_length=max((move[3] for move in moves), default=0),
         rules=RowRules(text_rule=row_rules[0], stamp_from=row_rules[1], stamp_to=row_rules[2],
                        temperatures=sampled.view(torch.float64).float(), beam_rows=beam_rows,
-                       sampling_from=sampling_from, candidates=candidates))
+                       sampling_from=sampling_from, candidates=candidates,
+                       draws=tuple((e.search.generator, e.search.rows) for e in entries
+                                   if e.search.kind == 2)))
 
 
 def upload(packed: np.ndarray, device: torch.device) -> Tensor:

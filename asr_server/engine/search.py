@@ -21,6 +21,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from whisper.tokenizer import Tokenizer
 
 from asr_server.engine.token_choice import TEXT_FREE, TEXT_NONE, TEXT_ONLY_END, TO_THE_END, Rules
@@ -61,8 +62,10 @@ class WindowSearch:
     """The sequences of one window's decode at one temperature, from the prompt's logits on."""
 
     def __init__(self, spec: SearchSpec, initial_tokens: list[int], sot_index: int, sample_len: int,
-                 n_ctx: int) -> None:
+                 n_ctx: int, generator: torch.Generator | None = None) -> None:
+        """``generator``: what a sampled search draws from (None: torch's global generator)."""
         self.spec = spec
+        self.generator = generator
         self.sample_begin = len(initial_tokens)
         self.sot_index = sot_index
         self.sample_len = sample_len

@@ -19,6 +19,7 @@ that syncs (``Categorical``, ``multinomial``'s own check).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +73,8 @@ class RowRules:
     beam_rows: int  # rows [0, beam_rows) are beam searches'
     sampling_from: int  # rows [sampling_from, rows) are sampled
     candidates: int  # how many best tokens each beam row reports (its search's beam + 1, the widest)
+    draws: tuple[tuple[torch.Generator | None, int], ...] = ()  # the sampled rows: per search, its
+    # request's generator and its rows, in row order (none: torch's global generator for them all)
 
 
 def choose(rules: Rules, logits: Tensor, rows: RowRules) -> Tensor:
@@ -99,7 +102,7 @@ def choose(rules: Rules, logits: Tensor, rows: RowRules) -> Tensor:
     chosen = logits.argmax(dim=-1)
     if rows.sampling_from < logits.shape[0]:
         sampled = logits[rows.sampling_from:] / rows.temperatures.unsqueeze(1)
-        chosen[rows.sampling_from:] = sample(sampled)
+        chosen[rows.sampling_from:] = sample(sampled, rows.draws)
     parts = [chosen.double(), logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1).double()]
     if rows.beam_rows:
         beam = logprobs[: rows.beam_rows]
@@ -108,15 +111,24 @@ def choose(rules: Rules, logits: Tensor, rows: RowRules) -> Tensor:
     return torch.cat(parts)
 
 
-def sample(logits: Tensor) -> Tensor:
-    """One token per row, drawn as whisper's ``Categorical(logits=logits).sample()`` draws it (the
-    same generator, the same tokens), without the argument checks that read the device.
+def sample(logits: Tensor, draws: Sequence[tuple[torch.Generator | None, int]] = ()) -> Tensor:
+    """One token per row, drawn as whisper's ``Categorical(logits=logits).sample()`` draws it (from
+    the same generator, the same tokens), without the argument checks that read the device.
 
     ``torch.multinomial`` draws one sample by the exponential race, ``argmax(p / Exp(1))``, after a
-    check of ``p`` that reads the device; the race alone is the same draw.
+    check of ``p`` that reads the device; the race alone is the same draw. ``draws`` splits the rows
+    by request, each drawing from its own generator (``None``: torch's global one), so what one
+    request samples does not depend on what else shares the pass.
     """
     probs = F.softmax(logits - logits.logsumexp(dim=-1, keepdim=True), dim=-1)  # Categorical's probs
-    return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
+    noise = torch.empty_like(probs)
+    if not draws:
+        noise.exponential_(1)
+    at = 0
+    for generator, rows in draws:
+        noise[at: at + rows].exponential_(1, generator=generator)
+        at += rows
+    return (probs / noise).argmax(dim=-1)
 
 
 def top_k(x: Tensor, k: int, block: int = 128) -> tuple[Tensor, Tensor]:

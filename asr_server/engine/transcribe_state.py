@@ -33,6 +33,9 @@ from asr_server.engine.vad import SpeechRegion, overlaps_speech
 # when a window fails the compression-ratio or log-probability checks.
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 BEST_OF = 5
+# Each request draws its fallback samples from a generator of its own, every one seeded alike: the
+# same audio and options give the same text whatever else the server is decoding beside them.
+SAMPLING_SEED = 0
 
 
 def temperature_schedule(first: float) -> tuple[float, ...]:
@@ -87,6 +90,7 @@ class RequestWindows:
         self.speech_regions: Sequence[SpeechRegion] | None = None  # the VAD's (None: no VAD)
         self.decisions: list[tuple[int, float, bool]] = []  # per window: seek, temperature, skipped
         self.unheard: list[int] = []  # seeks of windows skipped unencoded: the VAD hears nothing there
+        self.draws: torch.Generator | None = None  # made at the first sampled search, on its device
 
     @property
     def finished(self) -> bool:
@@ -133,17 +137,21 @@ class RequestWindows:
             self.initial_prompt_tokens = tokenizer.encode(" " + self.options.prompt.strip())
             self.all_tokens = list(self.initial_prompt_tokens)
 
-    def search(self) -> WindowSearch:
-        """The search for the current window at the current temperature."""
+    def search(self, device: torch.device) -> WindowSearch:
+        """The search for the current window at the current temperature; ``device``: the model's, where
+        a sampled search's generator must be."""
         assert self.tokenizer is not None
         temperature = self.temperatures[self.temperature_index]
         spec = (SearchSpec(temperature, beam_size=self.beam_size) if temperature == 0
                 else SearchSpec(temperature, best_of=BEST_OF))
+        if temperature > 0 and self.draws is None:
+            self.draws = torch.Generator(device=device).manual_seed(SAMPLING_SEED)
         prompt = self.all_tokens[self.prompt_reset_since:]
         initial = list(self.tokenizer.sot_sequence)
         if prompt:
             initial = [self.tokenizer.sot_prev, *prompt[-(self.n_ctx // 2 - 1):], *initial]
-        return WindowSearch(spec, initial, initial.index(self.tokenizer.sot), self.n_ctx // 2, self.n_ctx)
+        return WindowSearch(spec, initial, initial.index(self.tokenizer.sot), self.n_ctx // 2, self.n_ctx,
+                            self.draws if temperature > 0 else None)
 
     def judge(self, result: WindowResult) -> bool:
         """whisper's decode_with_fallback: must the window be decoded again, at the next temperature?"""
