@@ -10,6 +10,7 @@ threads that run the model.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +40,7 @@ from asr_server.engine.transcribe_state import (
 from asr_server.engine.transcriber import Engine, ListedRequest, join_sentences
 from asr_server.engine.vad import SpeechDetector, SpeechRegion
 from asr_server.engine.word_timing import mel_of
-from tests.harness import EVAL_DIR, Clip, ServerProcess, load_manifest, reference_result
+from tests.harness import EVAL_DIR, Clip, ServerProcess, load_manifest, reference_result, wer
 from tests.test_accuracy import SUBSET as ACCURACY_SUBSET
 
 from .conftest import Engines, exchange, request
@@ -179,6 +180,31 @@ def test_a_prompt_is_whisper_initial_prompt(engine: Engine) -> None:
     options = TranscribeOptions("en", "transcribe", prompt="Ask not. President Kennedy, Americans.")
     samples = samples_of(clips["en_whisper_jfk.wav"])
     assert engine.transcribe(samples, options) == whisper_transcribe(engine.model, samples, options)
+
+
+def test_a_prefix_of_what_it_would_say_changes_nothing(engine: Engine) -> None:
+    """A live decode's committed words, forced as the window's first tokens and read in one pass,
+    lead to the very tokens the search would have chosen itself: same text, same segments."""
+    clips = {c.path.name: c for c in load_manifest()}
+    samples = samples_of(clips["en_whisper_jfk.wav"])
+    options = TranscribeOptions("en", "transcribe", prompt="President Kennedy.", fit_window=True)
+    free = engine.transcribe(samples, options)
+    first = free.segments[0].text.split()
+    assert free.segments[0].start == 0.0 and len(first) >= 4
+    forced = engine.transcribe(samples, replace(options, prefix=" ".join(first[:len(first) // 2])))
+    assert forced == free
+
+
+def test_a_prefix_is_the_texts_start_and_the_rest_is_decoded_after_it(engine: Engine) -> None:
+    """Forced words the audio does not say stay, as given; the decode goes on with what follows them."""
+    clips = {c.path.name: c for c in load_manifest()}
+    clip = clips["en_whisper_jfk.wav"]
+    options = TranscribeOptions("en", "transcribe", prefix="And so, my fellow citizens,")
+    result = engine.transcribe(samples_of(clip), options)
+    assert result.text.startswith("And so, my fellow citizens,"), result.text
+    rest = result.text.removeprefix("And so, my fellow citizens,")
+    assert wer([clip.text.split("Americans,")[1]], [rest], "en") <= 10, rest
+    assert result.segments[0].start == 0.0
 
 
 class Listed:

@@ -41,6 +41,9 @@ class TranscribeOptions:
     # True (live): the encoder reads the audio and a few seconds of padding, not a whole 30 s window
     # (engine/transcribe_state.py); not with word timestamps, whose alignment takes 30 s.
     fit_window: bool = False
+    # Live: the words already committed in the buffer. The first window's text begins with them,
+    # given as one segment from 0 s and read in one pass, so only what follows is decoded.
+    prefix: str | None = None
 
 
 @dataclass(frozen=True)

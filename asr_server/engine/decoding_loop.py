@@ -215,7 +215,7 @@ class DecodingLoop:
         assert r.slot is not None
         search = r.windows.search(self.device)
         logits = forward.prefill(self.caches, r.slot, search.initial_tokens, search.rows,
-                                 (search.sot_index, search.sample_begin - 1))
+                                 (search.sot_index, search.first_choice_at))
         no_speech = None if self.rules.no_speech is None else logits[0].softmax(dim=-1)[self.rules.no_speech]
         plan = make_plan(self.caches, self.rules, [Entry(r.slot, search)])
         advance(self.rules, plan, logits[1:].expand(search.rows, -1).clone(), no_speech)

@@ -18,6 +18,7 @@ results are whisper's tokens; tests/test_decoding_loop.py holds it to that.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,18 +63,27 @@ class WindowSearch:
     """The sequences of one window's decode at one temperature, from the prompt's logits on."""
 
     def __init__(self, spec: SearchSpec, initial_tokens: list[int], sot_index: int, sample_len: int,
-                 n_ctx: int, generator: torch.Generator | None = None) -> None:
-        """``generator``: what a sampled search draws from (None: torch's global generator)."""
+                 n_ctx: int, generator: torch.Generator | None = None, forced: Sequence[int] = (),
+                 forced_stamp: int = NO_STAMP) -> None:
+        """``generator``: what a sampled search draws from (None: torch's global generator).
+
+        ``forced``: the start of the window's text, given rather than decoded (a live item's
+        committed words, from a timestamp on): read with the prompt in one pass, and then taken as
+        if the search had chosen it. whisper's rules see it as sampled text (``forced_stamp``: its
+        last timestamp token), so they bind what follows as they would have; the result holds it,
+        but its log-probabilities are not counted (they were never chosen).
+        """
         self.spec = spec
         self.generator = generator
-        self.sample_begin = len(initial_tokens)
+        self.sample_begin = len(initial_tokens)  # where the window's own text starts (forced or not)
+        self.forced = len(forced)
         self.sot_index = sot_index
         self.sample_len = sample_len
         self.n_ctx = n_ctx
-        self.initial_tokens = list(initial_tokens)
-        self.sequences = [list(initial_tokens) for _ in range(spec.rows)]
+        self.initial_tokens = [*initial_tokens, *forced]  # all the prompt pass reads
+        self.sequences = [list(self.initial_tokens) for _ in range(spec.rows)]
         self.sum_logprobs = [0.0] * spec.rows
-        self.last_stamps = [NO_STAMP] * spec.rows  # per row: its last timestamp token so far
+        self.last_stamps = [forced_stamp] * spec.rows  # per row: its last timestamp token so far
         self.finished: dict[tuple[int, ...], float] = {}  # beam search: ended sequences, by score
         self.no_speech_prob = float("nan")
         self.steps = 0
@@ -87,6 +97,11 @@ class WindowSearch:
     def length(self) -> int:
         """Tokens per row, all rows alike: the next pass feeds each row's last one."""
         return len(self.sequences[0])
+
+    @property
+    def first_choice_at(self) -> int:
+        """The position whose logits choose the first token decoded: the prompt pass's last."""
+        return len(self.initial_tokens) - 1
 
     def last_tokens(self) -> list[int]:
         return [sequence[-1] for sequence in self.sequences]
@@ -180,12 +195,12 @@ class WindowSearch:
             sequences, sums = [(*sequence, eot) for sequence in self.sequences], self.sum_logprobs
         sampled = [list(sequence[self.sample_begin: sequence.index(eot, self.sample_begin)])
                    for sequence in sequences]
-        best = int(np.argmax([logprob / max(len(tokens), 1)
+        best = int(np.argmax([logprob / max(len(tokens) - self.forced, 1)
                               for tokens, logprob in zip(sampled, sums, strict=True)]))
         tokens = sampled[best]
         return WindowResult(
             tokens=tuple(tokens), text=tokenizer.decode(tokens).strip(),
-            avg_logprob=sums[best] / (len(tokens) + 1), no_speech_prob=self.no_speech_prob,
+            avg_logprob=sums[best] / (len(tokens) - self.forced + 1), no_speech_prob=self.no_speech_prob,
             temperature=self.spec.temperature)
 
 

@@ -26,7 +26,7 @@ from whisper.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, 
 from whisper.tokenizer import Tokenizer
 
 from asr_server.contract.domain import TranscribeOptions
-from asr_server.engine.search import SearchSpec, WindowResult, WindowSearch
+from asr_server.engine.search import NO_STAMP, SearchSpec, WindowResult, WindowSearch
 from asr_server.engine.vad import SpeechRegion, overlaps_speech
 
 # whisper's CLI defaults: beam search or greedy, then sampling at rising temperatures
@@ -91,6 +91,7 @@ class RequestWindows:
         self.decisions: list[tuple[int, float, bool]] = []  # per window: seek, temperature, skipped
         self.unheard: list[int] = []  # seeks of windows skipped unencoded: the VAD hears nothing there
         self.draws: torch.Generator | None = None  # made at the first sampled search, on its device
+        self.windows_started = 0
 
     @property
     def finished(self) -> bool:
@@ -127,6 +128,7 @@ class RequestWindows:
         self.window = pad_or_trim(self.mel[:, self.seek: self.seek + self.segment_size], self.window_frames)
         self.temperature_index = 0
         self.rejected = False
+        self.windows_started += 1
         return self.window
 
     def set_tokenizer(self, tokenizer: Tokenizer) -> None:
@@ -146,12 +148,24 @@ class RequestWindows:
                 else SearchSpec(temperature, best_of=BEST_OF))
         if temperature > 0 and self.draws is None:
             self.draws = torch.Generator(device=device).manual_seed(SAMPLING_SEED)
+        forced = self._forced()
         prompt = self.all_tokens[self.prompt_reset_since:]
         initial = list(self.tokenizer.sot_sequence)
-        if prompt:
-            initial = [self.tokenizer.sot_prev, *prompt[-(self.n_ctx // 2 - 1):], *initial]
+        if prompt:  # the forced words take room from the prompt, not from what is left to decode
+            initial = [self.tokenizer.sot_prev, *prompt[-(self.n_ctx // 2 - 1 - len(forced)):], *initial]
+        stamps = [token for token in forced if token >= self.tokenizer.timestamp_begin]
         return WindowSearch(spec, initial, initial.index(self.tokenizer.sot), self.n_ctx // 2, self.n_ctx,
-                            self.draws if temperature > 0 else None)
+                            self.draws if temperature > 0 else None, forced,
+                            stamps[-1] if stamps else NO_STAMP)
+
+    def _forced(self) -> list[int]:
+        """The options' prefix as the first window's first tokens: a timestamp at 0 s, then its text
+        (none past the first window, and none that would crowd the window's own text out)."""
+        assert self.tokenizer is not None
+        if not self.options.prefix or self.windows_started > 1:
+            return []
+        forced = [self.tokenizer.timestamp_begin, *self.tokenizer.encode(" " + self.options.prefix.strip())]
+        return forced if len(forced) < self.n_ctx // 2 - 1 else []
 
     def judge(self, result: WindowResult) -> bool:
         """whisper's decode_with_fallback: must the window be decoded again, at the next temperature?"""
