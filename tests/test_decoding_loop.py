@@ -10,10 +10,10 @@ threads that run the model.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
