@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 PAUSE_S = 0.15  # a pause this long starts a decode at once: likely the turn's last
 REGION_PAD_S = 0.2  # the speech regions handed to the engine, widened as the file gate's are
 PROMPT_CHARS = 200
-END_TRIM_AFTER_S = 10.0  # a turn's last decode: its buffer is cut past committed words from this long
+END_TRIM_AFTER_S = 10.0  # a turn's last decode: from this long, it starts past its committed words
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -96,6 +96,13 @@ class LiveDecoding:
                 log.debug("live item %s: the turn's last decode cut %.2f s of committed words%s", item.id,
                           cut, " (the decode under way cancelled)" if stale else "")
         start, end = item.buffer_start, (item.end if item.end is not None else self.tape.end)
+        # What is still long after the cut: its committed words are forced, not decoded again, so the
+        # user waits only for what follows them.
+        prefix = spell(item.agreement.in_buffer, True) if (final or pause) and \
+            end - start > END_TRIM_AFTER_S * SAMPLE_RATE else None
+        if prefix:
+            log.debug("live item %s: the turn's last decode forces %d committed words of %.1f s", item.id,
+                      len(item.agreement.in_buffer), (end - start) / SAMPLE_RATE)
         item.decoded_to = end
         item.started += 1
         order = item.started
@@ -106,7 +113,7 @@ class LiveDecoding:
             options = TranscribeOptions(item.language, "transcribe", self._prompt(item),
                                         beam_size=self.config.live_beam_size or None,
                                         fallback=item.end is not None,
-                                        fit_window=self.config.live_fit_window)
+                                        fit_window=self.config.live_fit_window, prefix=prefix or None)
             result = await self.service.transcribe(self.tape.slice(start, end), options,
                                                    speech=Speech(checked=True, regions=regions))
         hypothesis = hypothesis_of(result.segments)

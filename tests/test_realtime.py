@@ -84,6 +84,23 @@ def test_a_long_turns_last_decode_starts_past_its_committed_words(server: Server
     assert harness.wer([" ".join(c.text for c in clips)], [run.text], "en") <= 25.0, run.text
 
 
+def test_a_long_unbroken_turns_last_decode_forces_its_committed_words(server: ServerProcess) -> None:
+    """22 s of read prose in one turn, its segments too long to cut at: the last decode is given the
+    committed words as its start and decodes only what follows them."""
+    clip = next(c for c in harness.load_manifest() if c.path.name.startswith("en_ljspeech"))
+    first = [segment for segment in clip.row["segments"] if segment["end"] < 22.0]
+    session = {"audio": {"input": {"transcription": {"language": "en"},
+                                   "turn_detection": {"type": "server_vad", "silence_duration_ms": 1500}}}}
+    after = len(server.lines)
+    speech = load_24k(clip.path)[: int((first[-1]["end"] + 0.3) * RATE)]
+    run = stream(server.http_port, np.concatenate([speech, np.zeros(2 * RATE, dtype=speech.dtype)]), key=KEY,
+                 session=session)
+    check_items(run)
+    assert len(run.completed) == 1 and not run.of("conversation.item.input_audio_transcription.failed")
+    server.wait_for_line("the turn's last decode forces", after=after)
+    assert harness.wer([" ".join(s["text"] for s in first)], [run.text], "en") <= 15.0, run.text
+
+
 def test_manual_commit_without_turn_detection(server: ServerProcess) -> None:
     session = {**ENGLISH["audio"]["input"], "turn_detection": None}
     run = stream(server.http_port, load_24k(JFK), key=KEY, pace=4.0, commit=True,
