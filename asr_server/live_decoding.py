@@ -8,7 +8,9 @@ prompt, whisper's fallback only at the end of the turn, and the encoder's
 window fitted to the buffer: engine/transcribe_state.py); a hypothesis
 moves LocalAgreement-2 on (``delta`` for what two in a row agree on, the
 extension's ``tentative`` for the rest) and cuts the buffer; the turn's last
-decode completes the item, which is logged and counted like a request. A
+decode completes the item, which is logged and counted like a request. That
+decode, which the user waits for, starts past the committed words: the
+buffer is cut at them, or they are forced as the decode's prefix. A
 hypothesis decoded without fallback that fails whisper's checks has no words
 (a hallucination is never a delta nor a prompt): the turn's end is then
 decoded again, with fallback.

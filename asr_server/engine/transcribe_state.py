@@ -13,7 +13,10 @@ on, as ``transcribe`` does. Word timings are whisper's own
 to ``accept``.
 
 Left out of whisper's loop: ``clip_timestamps``, ``carry_initial_prompt``
-and ``hallucination_silence_threshold``, which the server never sets.
+and ``hallucination_silence_threshold``, which the server never sets. Added
+to it: a request's sampled fallbacks draw from a generator of its own
+(``SAMPLING_SEED``), and a live decode's ``prefix`` (its committed words)
+starts the first window's text, forced rather than decoded (search.py).
 """
 
 from __future__ import annotations
