@@ -94,7 +94,6 @@ class RequestWindows:
         self.decisions: list[tuple[int, float, bool]] = []  # per window: seek, temperature, skipped
         self.unheard: list[int] = []  # seeks of windows skipped unencoded: the VAD hears nothing there
         self.draws: torch.Generator | None = None  # made at the first sampled search, on its device
-        self.windows_started = 0
 
     @property
     def finished(self) -> bool:
@@ -131,7 +130,6 @@ class RequestWindows:
         self.window = pad_or_trim(self.mel[:, self.seek: self.seek + self.segment_size], self.window_frames)
         self.temperature_index = 0
         self.rejected = False
-        self.windows_started += 1
         return self.window
 
     def set_tokenizer(self, tokenizer: Tokenizer) -> None:
@@ -162,10 +160,10 @@ class RequestWindows:
                             stamps[-1] if stamps else NO_STAMP)
 
     def _forced(self) -> list[int]:
-        """The options' prefix as the first window's first tokens: a timestamp at 0 s, then its text
-        (none past the first window, and none that would crowd the window's own text out)."""
+        """The options' prefix as the first tokens of the window at the audio's start: a timestamp at
+        0 s, then its text (none that would crowd the window's own text out)."""
         assert self.tokenizer is not None
-        if not self.options.prefix or self.windows_started > 1:
+        if not self.options.prefix or self.seek != 0:
             return []
         forced = [self.tokenizer.timestamp_begin, *self.tokenizer.encode(" " + self.options.prefix.strip())]
         return forced if len(forced) < self.n_ctx // 2 - 1 else []
