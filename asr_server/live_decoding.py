@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 PAUSE_S = 0.15  # a pause this long starts a decode at once: likely the turn's last
 REGION_PAD_S = 0.2  # the speech regions handed to the engine, widened as the file gate's are
 PROMPT_CHARS = 200
+# A decode's tokens are bounded by what its audio can hold: the eval clips' speech takes at most 7
+# tokens a second (Bulgarian), so this leaves room for any speech, and a decode that loops ("the the
+# the ...", judged a hallucination anyway) ends in a few seconds' worth rather than at 224.
+TOKENS_PER_S = 20
+TOKENS_SLACK = 24
 END_TRIM_AFTER_S = 10.0  # a turn's last decode: from this long, it starts past its committed words
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -90,13 +95,15 @@ class LiveDecoding:
             cut = item.agreement.cut(item.last[0], (self.tape.end - item.buffer_start) / SAMPLE_RATE,
                                      after_s=END_TRIM_AFTER_S)
             item.buffer_start += int(cut * SAMPLE_RATE)
-            running = self._running
-            stale = pause and cut > 0 and running is not None and running[1] is item and not running[0].done()
-            if stale and running is not None:
-                running[0].cancel()  # a decode of the buffer before the cut: its result would be dropped
             if cut:
-                log.debug("live item %s: the turn's last decode cut %.2f s of committed words%s", item.id,
-                          cut, " (the decode under way cancelled)" if stale else "")
+                log.debug("live item %s: the turn's last decode cut %.2f s of committed words", item.id, cut)
+        running = self._running
+        if pause and running is not None and running[1] is item and not running[0].done():
+            # The worker's decode of this item stops short of the pause, and this one hears all it
+            # hears: beside this one it would only share the worker and slow it (this one's result,
+            # newer, supersedes it; if the buffer was cut, its result would be dropped anyway).
+            running[0].cancel()
+            log.debug("live item %s: the decode under way cancelled for the pause's", item.id)
         start, end = item.buffer_start, (item.end if item.end is not None else self.tape.end)
         # What is still long after the cut: its committed words are forced, not decoded again, so the
         # user waits only for what follows them.
@@ -115,9 +122,15 @@ class LiveDecoding:
             options = TranscribeOptions(item.language, "transcribe", self._prompt(item),
                                         beam_size=self.config.live_beam_size or None,
                                         fallback=item.end is not None,
-                                        fit_window=self.config.live_fit_window, prefix=prefix or None)
+                                        fit_window=self.config.live_fit_window, prefix=prefix or None,
+                                        sample_len=TOKENS_PER_S * (end - start) // SAMPLE_RATE + TOKENS_SLACK)
+            began = time.monotonic()
             result = await self.service.transcribe(self.tape.slice(start, end), options,
                                                    speech=Speech(checked=True, regions=regions))
+            log.debug("live item %s: decode %d (%s) of %.1f s took %.2f s, %.2f s after the speech's end",
+                      item.id, order, "final" if final else "pause" if pause else "hypothesis",
+                      (end - start) / SAMPLE_RATE, time.monotonic() - began,
+                      time.monotonic() - item.ended_at if item.ended_at else -1.0)
         hypothesis = hypothesis_of(result.segments)
         if order < item.applied or item not in self.items or start != item.buffer_start:
             # A later decode (a pause's, beside this one) is in already, the item is done, or the

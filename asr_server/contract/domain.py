@@ -44,6 +44,9 @@ class TranscribeOptions:
     # Live: the words already committed in the buffer. The first window's text begins with them,
     # given as one segment from 0 s and read in one pass, so only what follows is decoded.
     prefix: str | None = None
+    # At most this many tokens decoded per window (whisper's sample_len; None: its n_ctx // 2). Live
+    # bounds a decode by what its audio can hold, so a decode that loops ends soon.
+    sample_len: int | None = None
 
 
 @dataclass(frozen=True)

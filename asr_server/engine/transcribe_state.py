@@ -155,7 +155,8 @@ class RequestWindows:
         if prompt:  # the forced words take room from the prompt, not from what is left to decode
             initial = [self.tokenizer.sot_prev, *prompt[-(self.n_ctx // 2 - 1 - len(forced)):], *initial]
         stamps = [token for token in forced if token >= self.tokenizer.timestamp_begin]
-        return WindowSearch(spec, initial, initial.index(self.tokenizer.sot), self.n_ctx // 2, self.n_ctx,
+        sample_len = min(self.n_ctx // 2, self.options.sample_len or self.n_ctx)
+        return WindowSearch(spec, initial, initial.index(self.tokenizer.sot), sample_len, self.n_ctx,
                             self.draws if temperature > 0 else None, forced,
                             stamps[-1] if stamps else NO_STAMP)
 
