@@ -95,15 +95,13 @@ class LiveDecoding:
             cut = item.agreement.cut(item.last[0], (self.tape.end - item.buffer_start) / SAMPLE_RATE,
                                      after_s=END_TRIM_AFTER_S)
             item.buffer_start += int(cut * SAMPLE_RATE)
+            running = self._running
+            stale = pause and cut > 0 and running is not None and running[1] is item and not running[0].done()
+            if stale and running is not None:
+                running[0].cancel()  # a decode of the buffer before the cut: its result would be dropped
             if cut:
-                log.debug("live item %s: the turn's last decode cut %.2f s of committed words", item.id, cut)
-        running = self._running
-        if pause and running is not None and running[1] is item and not running[0].done():
-            # The worker's decode of this item stops short of the pause, and this one hears all it
-            # hears: beside this one it would only share the worker and slow it (this one's result,
-            # newer, supersedes it; if the buffer was cut, its result would be dropped anyway).
-            running[0].cancel()
-            log.debug("live item %s: the decode under way cancelled for the pause's", item.id)
+                log.debug("live item %s: the turn's last decode cut %.2f s of committed words%s", item.id,
+                          cut, " (the decode under way cancelled)" if stale else "")
         start, end = item.buffer_start, (item.end if item.end is not None else self.tape.end)
         # What is still long after the cut: its committed words are forced, not decoded again, so the
         # user waits only for what follows them.

@@ -207,6 +207,16 @@ def test_a_prefix_is_the_texts_start_and_the_rest_is_decoded_after_it(engine: En
     assert result.segments[0].start == 0.0
 
 
+def test_a_decodes_tokens_can_be_bounded(engine: Engine) -> None:
+    """``sample_len`` (whisper's): the window's decode stops after that many tokens, with the words
+    it had, as a live decode that loops stops."""
+    clips = {c.path.name: c for c in load_manifest()}
+    samples = samples_of(clips["en_whisper_jfk.wav"])
+    free = engine.transcribe(samples, TranscribeOptions("en", "transcribe"))
+    bounded = engine.transcribe(samples, TranscribeOptions("en", "transcribe", sample_len=6))
+    assert 0 < len(bounded.text.split()) <= 5 and free.text.startswith(bounded.text), bounded.text
+
+
 class Listed:
     def __init__(self, waiting: list[ListedRequest]) -> None:
         self.waiting = waiting
