@@ -125,10 +125,12 @@ class LiveDecoding:
             began = time.monotonic()
             result = await self.service.transcribe(self.tape.slice(start, end), options,
                                                    speech=Speech(checked=True, regions=regions))
-            log.debug("live item %s: decode %d (%s) of %.1f s took %.2f s, %.2f s after the speech's end",
-                      item.id, order, "final" if final else "pause" if pause else "hypothesis",
-                      (end - start) / SAMPLE_RATE, time.monotonic() - began,
-                      time.monotonic() - item.ended_at if item.ended_at else -1.0)
+            if log.isEnabledFor(logging.DEBUG):
+                ended = f", {time.monotonic() - item.ended_at:.2f} s after its speech ended" \
+                    if item.ended_at else ""
+                log.debug("live item %s: decode %d (%s) of %.1f s took %.2f s%s", item.id, order,
+                          "final" if final else "pause" if pause else "hypothesis",
+                          (end - start) / SAMPLE_RATE, time.monotonic() - began, ended)
         hypothesis = hypothesis_of(result.segments)
         if order < item.applied or item not in self.items or start != item.buffer_start:
             # A later decode (a pause's, beside this one) is in already, the item is done, or the
