@@ -95,10 +95,10 @@ class LiveDecoding:
             cut = item.agreement.cut(item.last[0], (self.tape.end - item.buffer_start) / SAMPLE_RATE,
                                      after_s=END_TRIM_AFTER_S)
             item.buffer_start += int(cut * SAMPLE_RATE)
-            running = self._running
-            stale = pause and cut > 0 and running is not None and running[1] is item and not running[0].done()
-            if stale and running is not None:
+            running, stale = self._running, False
+            if pause and cut and running is not None and running[1] is item and not running[0].done():
                 running[0].cancel()  # a decode of the buffer before the cut: its result would be dropped
+                stale = True
             if cut:
                 log.debug("live item %s: the turn's last decode cut %.2f s of committed words%s", item.id,
                           cut, " (the decode under way cancelled)" if stale else "")
